@@ -31,7 +31,11 @@ class NeuralMemoryState:
         return int(self.recurrent.weights[0].shape[0])
 
     def detach(self) -> NeuralMemoryState:
-        conv = None if self.conv is None else (self.conv[0].detach(), self.conv[1].detach(), self.conv[2].detach())
+        conv = (
+            None
+            if self.conv is None
+            else (self.conv[0].detach(), self.conv[1].detach(), self.conv[2].detach())
+        )
         return NeuralMemoryState(self.recurrent.detach(), conv, self.fingerprint)
 
 
@@ -100,7 +104,10 @@ class NeuralMemory(nn.Module):
         self.to_forget = nn.Linear(dim, heads) if decay else None
         # M_0: learned initial memory weights, one MLP per head, shared over the batch (decision 2).
         self.initial_weights = nn.ParameterList(
-            [nn.Parameter(torch.empty(heads, d_in, d_out)) for d_in, d_out in memory_layer_shapes(head_dim, depth, expansion)]
+            [
+                nn.Parameter(torch.empty(heads, d_in, d_out))
+                for d_in, d_out in memory_layer_shapes(head_dim, depth, expansion)
+            ]
         )
         self.output_norm = RMSNorm(inner, group_size=head_dim)
         self.to_output_gate = nn.Linear(dim, inner, bias=False)
@@ -118,10 +125,19 @@ class NeuralMemory(nn.Module):
     # ------------------------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> tuple[int | bool, ...]:
-        return (self.heads, self.head_dim, self.depth, self.expansion, self.chunk_size, self.momentum,
-                self.convs is not None)
+        return (
+            self.heads,
+            self.head_dim,
+            self.depth,
+            self.expansion,
+            self.chunk_size,
+            self.momentum,
+            self.convs is not None,
+        )
 
-    def initial_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> NeuralMemoryState:
+    def initial_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> NeuralMemoryState:
         """The state before the first token: M_0, S_0 = 0, empty convolution caches."""
         dtype = dtype or _inner_dtype(self.initial_weights[0].dtype)
         weights = [w.to(device=device, dtype=dtype) for w in self.initial_weights]
@@ -129,8 +145,13 @@ class NeuralMemory(nn.Module):
         conv = None
         if self.convs is not None:
             ref = weights[0].new_zeros(())
-            conv = tuple(c.empty_cache(batch, ref) for c in self.convs)
-        return NeuralMemoryState(recurrent, conv, self.fingerprint)  # type: ignore[arg-type]
+            q_cache, k_cache, v_cache = (c.empty_cache(batch, ref) for c in self._conv_modules())
+            conv = (q_cache, k_cache, v_cache)
+        return NeuralMemoryState(recurrent, conv, self.fingerprint)
+
+    def _conv_modules(self) -> list[CausalDepthwiseConv]:
+        assert self.convs is not None
+        return [c for c in self.convs if isinstance(c, CausalDepthwiseConv)]
 
     def _check(self, x: Tensor, state: NeuralMemoryState | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -164,11 +185,12 @@ class NeuralMemory(nn.Module):
         h = linear(x)
         new_cache = None
         if self.convs is not None:
-            h, new_cache = self.convs[which](h, cache)
+            h, new_cache = self._conv_modules()[which](h, cache)
         return F.silu(h), new_cache
 
     def _gates(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """θ_t, log η_t, log(1 − α_t), each (B, H, T), in the inner dtype (decision 1, decision 5)."""
+
         def logits(linear: nn.Linear) -> Tensor:
             return linear(x).to(dtype).transpose(1, 2)
 
@@ -198,13 +220,17 @@ class NeuralMemory(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             lr, log_momentum, log_retain = self._gates(x, inner)
             recurrence = RECURRENCES[self.impl]
-            retrieved, recurrent = recurrence(q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size)
+            retrieved, recurrent = recurrence(
+                q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size
+            )
         return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)  # type: ignore[arg-type]
 
     def step(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
         """One token (batch, dim) for decoding: the same function as :meth:`forward` on a length-1 sequence."""
         if x.dim() != 2:
-            raise ValueError(f"NeuralMemory.step expects x of shape (batch, dim={self.dim}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"NeuralMemory.step expects x of shape (batch, dim={self.dim}); got {tuple(x.shape)}"
+            )
         y, state = self(x.unsqueeze(1), state)
         return y.squeeze(1), state
 

@@ -12,6 +12,7 @@ Inner loss (eq. 12 with the ½ of decision 3): ``ℓ(M; k, v) = ½ ‖M(k) − v
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -77,7 +78,9 @@ def inner_loss(weights: Sequence[Tensor], keys: Tensor, values: Tensor) -> Tenso
     return 0.5 * (err * err).sum(dim=-1)
 
 
-def inner_grad_factors(weights: Sequence[Tensor], keys: Tensor, values: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+def inner_grad_factors(
+    weights: Sequence[Tensor], keys: Tensor, values: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
     """The per-token inner gradient of eq. 12 in factored form, analytically (no autograd).
 
     For token r and layer l, ∇_{W_l} ℓ(M; k_r, v_r) = a_{r,l}ᵀ δ_{r,l} (an outer product), where a_{r,l}
@@ -118,4 +121,4 @@ def memory_layer_shapes(head_dim: int, depth: int, expansion: int) -> list[tuple
         return [(head_dim, head_dim)]
     hidden = head_dim * expansion
     dims = [head_dim] + [hidden] * (depth - 1) + [head_dim]
-    return list(zip(dims[:-1], dims[1:]))
+    return list(itertools.pairwise(dims))

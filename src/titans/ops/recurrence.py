@@ -21,7 +21,7 @@ analytic gradient per chunk, the b×b mixing matrix in log space (:func:`chunk_m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +61,7 @@ class RecurrentState:
             self.offset,
         )
 
-    def map(self, fn) -> RecurrentState:  # type: ignore[no-untyped-def]
+    def map(self, fn: Callable[[Tensor], Tensor]) -> RecurrentState:
         """Apply ``fn`` to every tensor (e.g. ``lambda t: t.to(device)``, or batch-row selection)."""
         return RecurrentState(
             tuple(fn(w) for w in self.weights),
@@ -216,7 +216,9 @@ def _chunk_span(
     last = -1
     new_weights = []
     for layer in range(depth):
-        update = inputs[layer].transpose(-1, -2) @ (mixing.grad_mix[..., last, :].unsqueeze(-1) * deltas[layer])
+        update = inputs[layer].transpose(-1, -2) @ (
+            mixing.grad_mix[..., last, :].unsqueeze(-1) * deltas[layer]
+        )
         w = mixing.retain[..., last, None, None] * weights[layer] - update
         if surprise is not None:
             assert mixing.carry is not None
@@ -273,7 +275,13 @@ def memory_recurrence_chunked(
             None if log_retain is None else log_retain[:, :, piece],
         )
         out, weights, surprise = _chunk_span(
-            queries[:, :, piece], keys[:, :, piece], values[:, :, piece], mixing, weights, surprise, chunk_start
+            queries[:, :, piece],
+            keys[:, :, piece],
+            values[:, :, piece],
+            mixing,
+            weights,
+            surprise,
+            chunk_start,
         )
         outputs.append(out)
         offset = (offset + end - start) % chunk_size
