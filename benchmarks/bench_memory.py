@@ -1,0 +1,158 @@
+"""Time the neural memory layer (forward + backward) against the anchors of TITANS.md section 6.
+
+    python benchmarks/bench_memory.py                      # the issue's shape, chunk 16 and 64
+    python benchmarks/bench_memory.py --lengths 2048 8192 32768 131072 --batch-tokens 16384
+
+Times with CUDA events after warm-up; reports medians, tokens/s and peak GiB per configuration. Each row runs
+on fresh random bf16 inputs under autocast; the memory state is fp32. Optional anchors are timed when
+installed: titans-pytorch's NeuralMemory, flash-linear-attention's chunk_ttt_linear, and SDPA attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def time_cuda(fn: Callable[[], object], warmup: int = 3, repeat: int = 10) -> float:
+    """Median milliseconds of ``fn`` measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(name: str, step: Callable[[], object], tokens: int, repeat: int) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        ms = time_cuda(step, repeat=repeat)
+    except torch.OutOfMemoryError:
+        return {"name": name, "ms": float("nan"), "tokens_per_s": 0.0, "peak_gib": float("nan"), "note": "OOM"}
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return {"name": name, "ms": ms, "tokens_per_s": tokens / ms * 1e3, "peak_gib": peak}
+
+
+def ours(impl: str, dim: int, heads: int, chunk: int, batch: int, length: int, compile_step: bool):
+    from titans import NeuralMemory
+
+    mem = NeuralMemory(dim, heads=heads, depth=2, expansion=4, chunk_size=chunk, impl=impl,  # type: ignore[arg-type]
+                       check_inputs=False).cuda()
+    if compile_step:
+        mem.compile_chunk_step = True  # type: ignore[attr-defined]
+    x = torch.randn(batch, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, _ = mem(x)
+        y.float().sum().backward()
+
+    return step
+
+
+def titans_pytorch(dim: int, heads: int, chunk: int, batch: int, length: int):
+    from titans_pytorch import NeuralMemory as TPMemory  # type: ignore[import-not-found]
+
+    mem = TPMemory(dim=dim, chunk_size=chunk, heads=heads, dim_head=dim // heads).cuda()
+    x = torch.randn(batch, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, _ = mem(x)
+        y.float().sum().backward()
+
+    return step
+
+
+def sdpa(dim: int, heads: int, batch: int, length: int):
+    q, k, v = (torch.randn(batch, heads, length, dim // heads, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+
+    def step():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).float().sum().backward()
+
+    return step
+
+
+def fla_ttt_linear(dim: int, heads: int, chunk: int, batch: int, length: int):
+    from fla.ops.ttt import chunk_ttt_linear  # type: ignore[import-not-found]
+
+    d = dim // heads
+    q, k, v = (torch.randn(batch, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    w = torch.ones(heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.zeros(heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    eta = torch.full((batch, heads, length, 1), 0.1, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def step():
+        o, _ = chunk_ttt_linear(q, k, v, w, b, eta=eta, chunk_size=chunk, head_first=True)
+        o.float().sum().backward()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048])
+    p.add_argument("--batch-tokens", type=int, default=0, help="if set, batch = batch_tokens // length")
+    p.add_argument("--chunks", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--impls", nargs="+", default=["chunked"])
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd chunk step")
+    p.add_argument("--anchors", action="store_true", help="time the external anchors when installed")
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--json", default="", help="write the rows to this file")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_memory needs a CUDA GPU", file=sys.stderr)
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    rows = []
+    for length in args.lengths:
+        batch = max(1, args.batch_tokens // length) if args.batch_tokens else args.batch
+        tokens = batch * length
+        shape = f"B={batch} T={length}"
+        for chunk in args.chunks:
+            for impl in args.impls:
+                for compiled in ([False, True] if args.compile else [False]):
+                    name = f"titans {impl}{'+compile' if compiled else ''} chunk {chunk}, {shape}"
+                    step = ours(impl, args.dim, args.heads, chunk, batch, length, compiled)
+                    rows.append(measure(name, step, tokens, args.repeat))
+                    print(rows[-1], flush=True)
+            if args.anchors:
+                for label, factory in (("titans-pytorch", lambda: titans_pytorch(args.dim, args.heads, chunk, batch, length)),
+                                       ("fla chunk_ttt_linear", lambda: fla_ttt_linear(args.dim, args.heads, chunk, batch, length))):
+                    try:
+                        rows.append(measure(f"{label} chunk {chunk}, {shape}", factory(), tokens, args.repeat))
+                    except ImportError:
+                        continue
+                    print(rows[-1], flush=True)
+        rows.append(measure(f"SDPA causal attention op, {shape}", sdpa(args.dim, args.heads, batch, length),
+                            tokens, args.repeat))
+    print(f"\n{'configuration':<58}{'ms':>10}{'tokens/s':>14}{'peak GiB':>10}")
+    for r in rows:
+        print(f"{r['name']:<58}{r['ms']:>10.2f}{r['tokens_per_s']:>14,.0f}{r['peak_gib']:>10.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
