@@ -51,9 +51,7 @@ def ours(impl: str, dim: int, heads: int, chunk: int, batch: int, length: int, c
     from titans import NeuralMemory
 
     mem = NeuralMemory(dim, heads=heads, depth=2, expansion=4, chunk_size=chunk, impl=impl,  # type: ignore[arg-type]
-                       check_inputs=False).cuda()
-    if compile_step:
-        mem.compile_chunk_step = True  # type: ignore[attr-defined]
+                       check_inputs=False, compile_chunk_step=compile_step).cuda()
     x = torch.randn(batch, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
     def step():

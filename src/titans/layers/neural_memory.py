@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from titans.layers.conv import CausalDepthwiseConv
 from titans.layers.norm import RMSNorm
 from titans.ops.memory_mlp import memory_forward, memory_layer_shapes
-from titans.ops.recurrence import RECURRENCES, RecurrentState
+from titans.ops.recurrence import RECURRENCES, RecurrentState, memory_recurrence_chunked
 
 Impl = Literal["reference", "chunked"]
 
@@ -69,6 +69,7 @@ class NeuralMemory(nn.Module):
         max_lr: float = 1.0,
         impl: Impl = "chunked",
         check_inputs: bool = True,
+        compile_chunk_step: bool = False,
     ):
         super().__init__()
         if heads < 1:
@@ -90,6 +91,7 @@ class NeuralMemory(nn.Module):
         self.momentum, self.decay, self.max_lr = momentum, decay, max_lr
         self.impl: str = impl
         self.check_inputs = check_inputs
+        self.compile_chunk_step = compile_chunk_step
         inner = heads * head_dim
 
         self.to_queries = nn.Linear(dim, inner, bias=False)  # W_Q (eq. 15)
@@ -191,8 +193,10 @@ class NeuralMemory(nn.Module):
     def _gates(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """θ_t, log η_t, log(1 − α_t), each (B, H, T), in the inner dtype (decision 1, decision 5)."""
 
+        x = x.to(dtype)
+
         def logits(linear: nn.Linear) -> Tensor:
-            return linear(x).to(dtype).transpose(1, 2)
+            return F.linear(x, linear.weight.to(dtype), linear.bias.to(dtype)).transpose(1, 2)
 
         lr = self.max_lr * torch.sigmoid(logits(self.to_lr))
         log_momentum = None if self.to_momentum is None else F.logsigmoid(logits(self.to_momentum))
@@ -219,10 +223,11 @@ class NeuralMemory(nn.Module):
             q, k, v = (self._heads(p.to(inner)) for p, _ in projected)
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             lr, log_momentum, log_retain = self._gates(x, inner)
-            recurrence = RECURRENCES[self.impl]
-            retrieved, recurrent = recurrence(
-                q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size
-            )
+            args = (q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size)
+            if self.impl == "chunked":
+                retrieved, recurrent = memory_recurrence_chunked(*args, compile_step=self.compile_chunk_step)
+            else:
+                retrieved, recurrent = RECURRENCES[self.impl](*args)
         return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)  # type: ignore[arg-type]
 
     def step(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:

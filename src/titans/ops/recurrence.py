@@ -21,6 +21,7 @@ analytic gradient per chunk, the b×b mixing matrix in log space (:func:`chunk_m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -249,6 +250,28 @@ def chunk_spans(length: int, offset: int, chunk_size: int) -> list[tuple[int, in
     return spans
 
 
+def _span_step(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    lr: Tensor,
+    log_momentum: Tensor | None,
+    log_retain: Tensor | None,
+    weights: Sequence[Tensor],
+    surprise: Sequence[Tensor] | None,
+    grad_weights: Sequence[Tensor],
+) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+    """Mixing coefficients and the closed form of one span (the body of the chunk loop)."""
+    mixing = chunk_mixing(lr, log_momentum, log_retain)
+    return _chunk_span(queries, keys, values, mixing, weights, surprise, grad_weights)
+
+
+@functools.cache
+def compiled_span_step() -> Callable[..., tuple[Tensor, list[Tensor], list[Tensor] | None]]:
+    """:func:`_span_step` through ``torch.compile`` (compiled once per process and input shape)."""
+    return torch.compile(_span_step, dynamic=False)
+
+
 def memory_recurrence_chunked(
     queries: Tensor,
     keys: Tensor,
@@ -258,8 +281,13 @@ def memory_recurrence_chunked(
     log_retain: Tensor | None,
     state: RecurrentState,
     chunk_size: int,
+    compile_step: bool = False,
 ) -> tuple[Tensor, RecurrentState]:
-    """The same function as :func:`memory_recurrence_reference`, chunk-parallel (loop over chunks only)."""
+    """The same function as :func:`memory_recurrence_reference`, chunk-parallel (loop over chunks only).
+
+    ``compile_step=True`` runs each chunk through ``torch.compile`` (fused elementwise work; same math).
+    """
+    span_step = compiled_span_step() if compile_step else _span_step
     weights = list(state.weights)
     surprise = None if state.momentum is None else list(state.momentum)
     chunk_start = list(state.chunk_start)
@@ -269,16 +297,13 @@ def memory_recurrence_chunked(
         if offset == 0:
             chunk_start = list(weights)
         piece = slice(start, end)
-        mixing = chunk_mixing(
-            lr[:, :, piece],
-            None if log_momentum is None else log_momentum[:, :, piece],
-            None if log_retain is None else log_retain[:, :, piece],
-        )
-        out, weights, surprise = _chunk_span(
+        out, weights, surprise = span_step(
             queries[:, :, piece],
             keys[:, :, piece],
             values[:, :, piece],
-            mixing,
+            lr[:, :, piece],
+            None if log_momentum is None else log_momentum[:, :, piece],
+            None if log_retain is None else log_retain[:, :, piece],
             weights,
             surprise,
             chunk_start,
