@@ -47,12 +47,39 @@ def measure(name: str, step: Callable[[], object], tokens: int, repeat: int) -> 
     return {"name": name, "ms": ms, "tokens_per_s": tokens / ms * 1e3, "peak_gib": peak}
 
 
-def ours(impl: str, dim: int, heads: int, chunk: int, batch: int, length: int, compile_step: bool):
+class _OutputOnly(torch.nn.Module):
+    """The layer's output without its state, for ``torch.cuda.make_graphed_callables``."""
+
+    def __init__(self, mem: torch.nn.Module):
+        super().__init__()
+        self.mem = mem
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return self.mem(x)[0]
+
+
+def ours(impl: str, dim: int, heads: int, chunk: int, batch: int, length: int, compile_step: bool, graph: bool = False):
     from titans import NeuralMemory
 
-    mem = NeuralMemory(dim, heads=heads, depth=2, expansion=4, chunk_size=chunk, impl=impl,  # type: ignore[arg-type]
-                       check_inputs=False, compile_chunk_step=compile_step).cuda()
+    mem = NeuralMemory(
+        dim,
+        heads=heads,
+        depth=2,
+        expansion=4,
+        chunk_size=chunk,
+        impl=impl,  # type: ignore[arg-type]
+        check_inputs=False,
+        compile_chunk_step=compile_step,
+    ).cuda()
     x = torch.randn(batch, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    if graph:  # capture forward and backward once, replay: no per-kernel CPU launch cost
+        graphed = torch.cuda.make_graphed_callables(_OutputOnly(mem), (x,))
+
+        def graphed_step():
+            graphed(x).float().sum().backward()
+
+        return graphed_step
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -77,8 +104,10 @@ def titans_pytorch(dim: int, heads: int, chunk: int, batch: int, length: int):
 
 
 def sdpa(dim: int, heads: int, batch: int, length: int):
-    q, k, v = (torch.randn(batch, heads, length, dim // heads, device="cuda", dtype=torch.bfloat16,
-                           requires_grad=True) for _ in range(3))
+    q, k, v = (
+        torch.randn(batch, heads, length, dim // heads, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
 
     def step():
         F.scaled_dot_product_attention(q, k, v, is_causal=True).float().sum().backward()
@@ -90,8 +119,9 @@ def fla_ttt_linear(dim: int, heads: int, chunk: int, batch: int, length: int):
     from fla.ops.ttt import chunk_ttt_linear  # type: ignore[import-not-found]
 
     d = dim // heads
-    q, k, v = (torch.randn(batch, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(batch, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+    )
     w = torch.ones(heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     b = torch.zeros(heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     eta = torch.full((batch, heads, length, 1), 0.1, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -113,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, nargs="+", default=[16, 64])
     p.add_argument("--impls", nargs="+", default=["chunked"])
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd chunk step")
+    p.add_argument("--graph", action="store_true", help="also time CUDA-graph replays of forward + backward")
     p.add_argument("--anchors", action="store_true", help="time the external anchors when installed")
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--json", default="", help="write the rows to this file")
@@ -128,21 +159,29 @@ def main(argv: list[str] | None = None) -> int:
         shape = f"B={batch} T={length}"
         for chunk in args.chunks:
             for impl in args.impls:
-                for compiled in ([False, True] if args.compile else [False]):
-                    name = f"titans {impl}{'+compile' if compiled else ''} chunk {chunk}, {shape}"
-                    step = ours(impl, args.dim, args.heads, chunk, batch, length, compiled)
+                variants = [(False, False)] + [(True, False)] * args.compile + [(False, True)] * args.graph
+                variants += [(True, True)] * (args.compile and args.graph)
+                for compiled, graph in variants:
+                    tag = "+compile" * compiled + "+graph" * graph
+                    name = f"titans {impl}{tag} chunk {chunk}, {shape}"
+                    step = ours(impl, args.dim, args.heads, chunk, batch, length, compiled, graph)
                     rows.append(measure(name, step, tokens, args.repeat))
                     print(rows[-1], flush=True)
             if args.anchors:
-                for label, factory in (("titans-pytorch", lambda: titans_pytorch(args.dim, args.heads, chunk, batch, length)),
-                                       ("fla chunk_ttt_linear", lambda: fla_ttt_linear(args.dim, args.heads, chunk, batch, length))):
+                for label, factory in (
+                    ("titans-pytorch", lambda: titans_pytorch(args.dim, args.heads, chunk, batch, length)),
+                    ("fla chunk_ttt_linear", lambda: fla_ttt_linear(args.dim, args.heads, chunk, batch, length)),
+                ):
                     try:
                         rows.append(measure(f"{label} chunk {chunk}, {shape}", factory(), tokens, args.repeat))
                     except ImportError:
                         continue
                     print(rows[-1], flush=True)
-        rows.append(measure(f"SDPA causal attention op, {shape}", sdpa(args.dim, args.heads, batch, length),
-                            tokens, args.repeat))
+        rows.append(
+            measure(
+                f"SDPA causal attention op, {shape}", sdpa(args.dim, args.heads, batch, length), tokens, args.repeat
+            )
+        )
     print(f"\n{'configuration':<58}{'ms':>10}{'tokens/s':>14}{'peak GiB':>10}")
     for r in rows:
         print(f"{r['name']:<58}{r['ms']:>10.2f}{r['tokens_per_s']:>14,.0f}{r['peak_gib']:>10.2f}")

@@ -32,7 +32,7 @@ def test_bf16_autocast_close_to_fp32_on_gpu():
     torch.manual_seed(0)
     mem = NeuralMemory(128, heads=2, chunk_size=16).cuda()
     x = torch.randn(2, 100, 128, device="cuda")
-    y32, s32 = mem(x)
+    y32, _ = mem(x)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y16, s16 = mem(x)
     assert s16.recurrent.weights[0].dtype == torch.float32

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -138,8 +139,7 @@ def memory_recurrence_reference(
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChunkMixing:
+class ChunkMixing(NamedTuple):
     """Coefficients of one chunk's closed form (TITANS.md section 1), local positions 1..n.
 
     ``retain``  (…, n):    D_{1:t}, the decay of the entering weights;
@@ -153,6 +153,20 @@ class ChunkMixing:
     grad_mix: Tensor
     momentum_decay: Tensor | None
     momentum_mix: Tensor | None
+
+    def select(self, index: int) -> ChunkMixing:
+        """The coefficients of chunk ``index`` from a batch of chunks laid out on dimension 2."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[:, :, index]
+
+        return ChunkMixing(
+            self.retain[:, :, index],
+            pick(self.carry),
+            self.grad_mix[:, :, index],
+            pick(self.momentum_decay),
+            pick(self.momentum_mix),
+        )
 
 
 def _segment_products(log_factors: Tensor) -> Tensor:
@@ -217,9 +231,7 @@ def _chunk_span(
     last = -1
     new_weights = []
     for layer in range(depth):
-        update = inputs[layer].transpose(-1, -2) @ (
-            mixing.grad_mix[..., last, :].unsqueeze(-1) * deltas[layer]
-        )
+        update = inputs[layer].transpose(-1, -2) @ (mixing.grad_mix[..., last, :].unsqueeze(-1) * deltas[layer])
         w = mixing.retain[..., last, None, None] * weights[layer] - update
         if surprise is not None:
             assert mixing.carry is not None
@@ -250,26 +262,38 @@ def chunk_spans(length: int, offset: int, chunk_size: int) -> list[tuple[int, in
     return spans
 
 
-def _span_step(
-    queries: Tensor,
-    keys: Tensor,
-    values: Tensor,
+@functools.cache
+def compiled_chunk_span() -> Callable[..., tuple[Tensor, list[Tensor], list[Tensor] | None]]:
+    """:func:`_chunk_span` through ``torch.compile`` (compiled once per process and input shape)."""
+    return torch.compile(_chunk_span, dynamic=False)
+
+
+def span_mixings(
     lr: Tensor,
     log_momentum: Tensor | None,
     log_retain: Tensor | None,
-    weights: Sequence[Tensor],
-    surprise: Sequence[Tensor] | None,
-    grad_weights: Sequence[Tensor],
-) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
-    """Mixing coefficients and the closed form of one span (the body of the chunk loop)."""
-    mixing = chunk_mixing(lr, log_momentum, log_retain)
-    return _chunk_span(queries, keys, values, mixing, weights, surprise, grad_weights)
+    spans: Sequence[tuple[int, int]],
+    chunk_size: int,
+) -> list[ChunkMixing]:
+    """The mixing coefficients of every span; all full chunks are computed in one batched call."""
 
+    def gates(lo: int, hi: int, n_chunks: int) -> list[Tensor | None]:
+        return [
+            None if g is None else g[:, :, lo:hi].unflatten(-1, (n_chunks, -1)) for g in (lr, log_momentum, log_retain)
+        ]
 
-@functools.cache
-def compiled_span_step() -> Callable[..., tuple[Tensor, list[Tensor], list[Tensor] | None]]:
-    """:func:`_span_step` through ``torch.compile`` (compiled once per process and input shape)."""
-    return torch.compile(_span_step, dynamic=False)
+    full = [i for i, (lo, hi) in enumerate(spans) if hi - lo == chunk_size]
+    batched = None
+    if full:
+        lo, hi = spans[full[0]][0], spans[full[-1]][1]
+        batched = chunk_mixing(*gates(lo, hi, len(full)))  # type: ignore[arg-type]
+    out = []
+    for i, (lo, hi) in enumerate(spans):
+        if batched is not None and full[0] <= i <= full[-1]:
+            out.append(batched.select(i - full[0]))
+        else:
+            out.append(chunk_mixing(*gates(lo, hi, 1)).select(0))  # type: ignore[arg-type]
+    return out
 
 
 def memory_recurrence_chunked(
@@ -287,26 +311,19 @@ def memory_recurrence_chunked(
 
     ``compile_step=True`` runs each chunk through ``torch.compile`` (fused elementwise work; same math).
     """
-    span_step = compiled_span_step() if compile_step else _span_step
+    chunk_span = compiled_chunk_span() if compile_step else _chunk_span
     weights = list(state.weights)
     surprise = None if state.momentum is None else list(state.momentum)
     chunk_start = list(state.chunk_start)
     offset = state.offset
     outputs = []
-    for start, end in chunk_spans(queries.shape[2], offset, chunk_size):
+    spans = chunk_spans(queries.shape[2], offset, chunk_size)
+    for (start, end), mixing in zip(spans, span_mixings(lr, log_momentum, log_retain, spans, chunk_size)):
         if offset == 0:
             chunk_start = list(weights)
         piece = slice(start, end)
-        out, weights, surprise = span_step(
-            queries[:, :, piece],
-            keys[:, :, piece],
-            values[:, :, piece],
-            lr[:, :, piece],
-            None if log_momentum is None else log_momentum[:, :, piece],
-            None if log_retain is None else log_retain[:, :, piece],
-            weights,
-            surprise,
-            chunk_start,
+        out, weights, surprise = chunk_span(
+            queries[:, :, piece], keys[:, :, piece], values[:, :, piece], mixing, weights, surprise, chunk_start
         )
         outputs.append(out)
         offset = (offset + end - start) % chunk_size
