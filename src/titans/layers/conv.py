@@ -26,7 +26,5 @@ class CausalDepthwiseConv(nn.Module):
         if cache is None:
             cache = self.empty_cache(x.shape[0], x)
         padded = torch.cat([cache.to(x.dtype), x], dim=1)
-        y = F.conv1d(
-            padded.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype), groups=self.channels
-        )
+        y = F.conv1d(padded.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype), groups=self.channels)
         return y.transpose(1, 2), padded[:, padded.shape[1] - (self.kernel_size - 1) :]

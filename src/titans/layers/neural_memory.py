@@ -31,11 +31,7 @@ class NeuralMemoryState:
         return int(self.recurrent.weights[0].shape[0])
 
     def detach(self) -> NeuralMemoryState:
-        conv = (
-            None
-            if self.conv is None
-            else (self.conv[0].detach(), self.conv[1].detach(), self.conv[2].detach())
-        )
+        conv = None if self.conv is None else (self.conv[0].detach(), self.conv[1].detach(), self.conv[2].detach())
         return NeuralMemoryState(self.recurrent.detach(), conv, self.fingerprint)
 
 
@@ -70,15 +66,14 @@ class NeuralMemory(nn.Module):
         impl: Impl = "chunked",
         check_inputs: bool = True,
         compile_chunk_step: bool = False,
+        checkpoint_chunks: int = 0,
     ):
         super().__init__()
         if heads < 1:
             raise ValueError(f"NeuralMemory: heads must be >= 1, got {heads}")
         if head_dim is None:
             if dim % heads:
-                raise ValueError(
-                    f"NeuralMemory: dim={dim} is not divisible by heads={heads}; pass head_dim explicitly"
-                )
+                raise ValueError(f"NeuralMemory: dim={dim} is not divisible by heads={heads}; pass head_dim explicitly")
             head_dim = dim // heads
         if chunk_size < 1:
             raise ValueError(f"NeuralMemory: chunk_size must be >= 1, got {chunk_size}")
@@ -92,14 +87,13 @@ class NeuralMemory(nn.Module):
         self.impl: str = impl
         self.check_inputs = check_inputs
         self.compile_chunk_step = compile_chunk_step
+        self.checkpoint_chunks = checkpoint_chunks
         inner = heads * head_dim
 
         self.to_queries = nn.Linear(dim, inner, bias=False)  # W_Q (eq. 15)
         self.to_keys = nn.Linear(dim, inner, bias=False)  # W_K (eq. 11)
         self.to_values = nn.Linear(dim, inner, bias=False)  # W_V (eq. 11)
-        self.convs = (
-            nn.ModuleList([CausalDepthwiseConv(inner, conv_kernel) for _ in range(3)]) if conv else None
-        )
+        self.convs = nn.ModuleList([CausalDepthwiseConv(inner, conv_kernel) for _ in range(3)]) if conv else None
         # Data-dependent gates per token and head (decision 1): θ (learning rate), η (momentum), α (forget).
         self.to_lr = nn.Linear(dim, heads)
         self.to_momentum = nn.Linear(dim, heads) if momentum else None
@@ -157,9 +151,7 @@ class NeuralMemory(nn.Module):
 
     def _check(self, x: Tensor, state: NeuralMemoryState | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"NeuralMemory expects x of shape (batch, time, dim={self.dim}); got {tuple(x.shape)}"
-            )
+            raise ValueError(f"NeuralMemory expects x of shape (batch, time, dim={self.dim}); got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"NeuralMemory expects a floating-point x; got dtype {x.dtype}")
         if self.check_inputs and not bool(torch.isfinite(x).all()):
@@ -225,7 +217,9 @@ class NeuralMemory(nn.Module):
             lr, log_momentum, log_retain = self._gates(x, inner)
             args = (q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size)
             if self.impl == "chunked":
-                retrieved, recurrent = memory_recurrence_chunked(*args, compile_step=self.compile_chunk_step)
+                retrieved, recurrent = memory_recurrence_chunked(
+                    *args, compile_step=self.compile_chunk_step, checkpoint_chunks=self.checkpoint_chunks
+                )
             else:
                 retrieved, recurrent = RECURRENCES[self.impl](*args)
         return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)  # type: ignore[arg-type]
@@ -233,9 +227,7 @@ class NeuralMemory(nn.Module):
     def step(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
         """One token (batch, dim) for decoding: the same function as :meth:`forward` on a length-1 sequence."""
         if x.dim() != 2:
-            raise ValueError(
-                f"NeuralMemory.step expects x of shape (batch, dim={self.dim}); got {tuple(x.shape)}"
-            )
+            raise ValueError(f"NeuralMemory.step expects x of shape (batch, dim={self.dim}); got {tuple(x.shape)}")
         y, state = self(x.unsqueeze(1), state)
         return y.squeeze(1), state
 

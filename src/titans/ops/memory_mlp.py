@@ -78,9 +78,7 @@ def inner_loss(weights: Sequence[Tensor], keys: Tensor, values: Tensor) -> Tenso
     return 0.5 * (err * err).sum(dim=-1)
 
 
-def inner_grad_factors(
-    weights: Sequence[Tensor], keys: Tensor, values: Tensor
-) -> tuple[list[Tensor], list[Tensor]]:
+def inner_grad_factors(weights: Sequence[Tensor], keys: Tensor, values: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """The per-token inner gradient of eq. 12 in factored form, analytically (no autograd).
 
     For token r and layer l, ∇_{W_l} ℓ(M; k_r, v_r) = a_{r,l}ᵀ δ_{r,l} (an outer product), where a_{r,l}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from titans.ops.memory_mlp import gelu, inner_grad_factors, inner_loss, memory_forward, memory_output
@@ -296,7 +297,7 @@ def span_mixings(
     return out
 
 
-def memory_recurrence_chunked(
+def _run_spans(
     queries: Tensor,
     keys: Tensor,
     values: Tensor,
@@ -305,13 +306,9 @@ def memory_recurrence_chunked(
     log_retain: Tensor | None,
     state: RecurrentState,
     chunk_size: int,
-    compile_step: bool = False,
+    chunk_span: Callable[..., tuple[Tensor, list[Tensor], list[Tensor] | None]],
 ) -> tuple[Tensor, RecurrentState]:
-    """The same function as :func:`memory_recurrence_reference`, chunk-parallel (loop over chunks only).
-
-    ``compile_step=True`` runs each chunk through ``torch.compile`` (fused elementwise work; same math).
-    """
-    chunk_span = compiled_chunk_span() if compile_step else _chunk_span
+    """The chunk loop over a stretch of tokens that starts at ``state``."""
     weights = list(state.weights)
     surprise = None if state.momentum is None else list(state.momentum)
     chunk_start = list(state.chunk_start)
@@ -327,9 +324,51 @@ def memory_recurrence_chunked(
         )
         outputs.append(out)
         offset = (offset + end - start) % chunk_size
-    if not outputs:
-        return queries.new_zeros(queries.shape), state
     return torch.cat(outputs, dim=2), _state(weights, surprise, chunk_start, offset)
+
+
+def memory_recurrence_chunked(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    lr: Tensor,
+    log_momentum: Tensor | None,
+    log_retain: Tensor | None,
+    state: RecurrentState,
+    chunk_size: int,
+    compile_step: bool = False,
+    checkpoint_chunks: int = 0,
+) -> tuple[Tensor, RecurrentState]:
+    """The same function as :func:`memory_recurrence_reference`, chunk-parallel (loop over chunks only).
+
+    ``compile_step=True`` runs each chunk through ``torch.compile`` (fused elementwise work; same math).
+    ``checkpoint_chunks=G > 0`` keeps for backward only the state every G chunks and recomputes the chunks
+    in between (activation checkpointing): memory then grows with T/G states instead of one per chunk.
+    """
+    length = queries.shape[2]
+    if length == 0:
+        return queries.new_zeros(queries.shape), state
+    chunk_span = compiled_chunk_span() if compile_step else _chunk_span
+    if checkpoint_chunks <= 0 or not torch.is_grad_enabled():
+        return _run_spans(queries, keys, values, lr, log_momentum, log_retain, state, chunk_size, chunk_span)
+    spans = chunk_spans(length, state.offset, chunk_size)
+    outputs = []
+    for group in range(0, len(spans), checkpoint_chunks):
+        piece = slice(spans[group][0], spans[min(group + checkpoint_chunks, len(spans)) - 1][1])
+        gates = [None if g is None else g[:, :, piece] for g in (lr, log_momentum, log_retain)]
+        out, state = torch.utils.checkpoint.checkpoint(
+            _run_spans,
+            queries[:, :, piece],
+            keys[:, :, piece],
+            values[:, :, piece],
+            *gates,
+            state,
+            chunk_size,
+            chunk_span,
+            use_reentrant=False,
+        )
+        outputs.append(out)
+    return torch.cat(outputs, dim=2), state
 
 
 RECURRENCES = {"reference": memory_recurrence_reference, "chunked": memory_recurrence_chunked}
