@@ -11,6 +11,7 @@ installed: titans-pytorch's NeuralMemory, flash-linear-attention's chunk_ttt_lin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -36,11 +37,12 @@ def time_cuda(fn: Callable[[], object], warmup: int = 3, repeat: int = 10) -> fl
     return statistics.median(times)
 
 
-def measure(name: str, step: Callable[[], object], tokens: int, repeat: int) -> dict:
+def measure(name: str, build: Callable[[], Callable[[], object]], tokens: int, repeat: int) -> dict:
+    """Build a step (CUDA-graph capture included, so its memory pool counts toward the peak), then time it."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        ms = time_cuda(step, repeat=repeat)
+        ms = time_cuda(build(), repeat=repeat)
     except torch.OutOfMemoryError:
         return {"name": name, "ms": float("nan"), "tokens_per_s": 0.0, "peak_gib": float("nan"), "note": "OOM"}
     peak = torch.cuda.max_memory_allocated() / 2**30
@@ -59,7 +61,17 @@ class _OutputOnly(torch.nn.Module):
             return self.mem(x)[0]
 
 
-def ours(impl: str, dim: int, heads: int, chunk: int, batch: int, length: int, compile_step: bool, graph: bool = False):
+def ours(
+    impl: str,
+    dim: int,
+    heads: int,
+    chunk: int,
+    batch: int,
+    length: int,
+    compile_step: bool,
+    graph: bool = False,
+    checkpoint_chunks: int = 0,
+):
     from titans import NeuralMemory
 
     mem = NeuralMemory(
@@ -71,6 +83,7 @@ def ours(impl: str, dim: int, heads: int, chunk: int, batch: int, length: int, c
         impl=impl,  # type: ignore[arg-type]
         check_inputs=False,
         compile_chunk_step=compile_step,
+        checkpoint_chunks=checkpoint_chunks,
     ).cuda()
     x = torch.randn(batch, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     if graph:  # capture forward and backward once, replay: no per-kernel CPU launch cost
@@ -143,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, nargs="+", default=[16, 64])
     p.add_argument("--impls", nargs="+", default=["chunked"])
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd chunk step")
+    p.add_argument("--checkpoint-chunks", type=int, default=0, help="keep the state every G chunks for backward")
     p.add_argument("--graph", action="store_true", help="also time CUDA-graph replays of forward + backward")
     p.add_argument("--anchors", action="store_true", help="time the external anchors when installed")
     p.add_argument("--repeat", type=int, default=10)
@@ -164,22 +178,25 @@ def main(argv: list[str] | None = None) -> int:
                 for compiled, graph in variants:
                     tag = "+compile" * compiled + "+graph" * graph
                     name = f"titans {impl}{tag} chunk {chunk}, {shape}"
-                    step = ours(impl, args.dim, args.heads, chunk, batch, length, compiled, graph)
-                    rows.append(measure(name, step, tokens, args.repeat))
+                    build = functools.partial(
+                        ours, impl, args.dim, args.heads, chunk, batch, length, compiled, graph, args.checkpoint_chunks
+                    )
+                    rows.append(measure(name, build, tokens, args.repeat))
                     print(rows[-1], flush=True)
             if args.anchors:
-                for label, factory in (
-                    ("titans-pytorch", lambda: titans_pytorch(args.dim, args.heads, chunk, batch, length)),
-                    ("fla chunk_ttt_linear", lambda: fla_ttt_linear(args.dim, args.heads, chunk, batch, length)),
-                ):
+                for label, factory in (("titans-pytorch", titans_pytorch), ("fla chunk_ttt_linear", fla_ttt_linear)):
                     try:
-                        rows.append(measure(f"{label} chunk {chunk}, {shape}", factory(), tokens, args.repeat))
+                        build = functools.partial(factory, args.dim, args.heads, chunk, batch, length)
+                        rows.append(measure(f"{label} chunk {chunk}, {shape}", build, tokens, args.repeat))
                     except ImportError:
                         continue
                     print(rows[-1], flush=True)
         rows.append(
             measure(
-                f"SDPA causal attention op, {shape}", sdpa(args.dim, args.heads, batch, length), tokens, args.repeat
+                f"SDPA causal attention op, {shape}",
+                functools.partial(sdpa, args.dim, args.heads, batch, length),
+                tokens,
+                args.repeat,
             )
         )
     print(f"\n{'configuration':<58}{'ms':>10}{'tokens/s':>14}{'peak GiB':>10}")
