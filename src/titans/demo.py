@@ -9,9 +9,7 @@ from titans.ops.memory_mlp import memory_forward, memory_layer_shapes
 from titans.ops.recurrence import RecurrentState, memory_recurrence_chunked
 
 
-def recall_error(
-    pairs: int, head_dim: int, depth: int, passes: int, lr: float, seed: int = 0
-) -> tuple[float, float]:
+def recall_error(pairs: int, head_dim: int, depth: int, passes: int, lr: float, seed: int = 0) -> tuple[float, float]:
     """Relative recall error ‖M(k) − v‖/‖v‖ of random pairs before and after reading them ``passes`` times."""
     g = torch.Generator().manual_seed(seed)
     keys = F.normalize(torch.randn(1, 1, pairs, head_dim, generator=g), dim=-1)

@@ -41,9 +41,7 @@ class HFTokenizer:
         try:
             from tokenizers import Tokenizer as _HFTokenizer
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "reading a tokenizer.json needs the 'tokenizers' package: pip install tokenizers"
-            ) from e
+            raise ImportError("reading a tokenizer.json needs the 'tokenizers' package: pip install tokenizers") from e
         self._tok = _HFTokenizer.from_file(str(path))
         self.vocab_size = int(self._tok.get_vocab_size())
 
