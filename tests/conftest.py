@@ -28,9 +28,7 @@ class RecurrenceInputs:
         return self.queries, self.keys, self.values, self.lr, self.log_momentum, self.log_retain
 
     def state(self) -> RecurrentState:
-        return RecurrentState.initial(
-            self.initial_weights, self.queries.shape[0], self.log_momentum is not None
-        )
+        return RecurrentState.initial(self.initial_weights, self.queries.shape[0], self.log_momentum is not None)
 
     def leaves(self) -> list[torch.Tensor]:
         out = [self.queries, self.keys, self.values, self.lr, *self.initial_weights]
@@ -66,9 +64,7 @@ def make_inputs(
         lr=lr_scale * torch.rand(batch, heads, length, generator=g, dtype=dtype),
         log_momentum=F.logsigmoid(randn(batch, heads, length) + 1.0) if momentum else None,
         log_retain=F.logsigmoid(randn(batch, heads, length) + 3.0) if decay else None,
-        initial_weights=[
-            randn(heads, i, o) / i**0.5 for i, o in memory_layer_shapes(head_dim, depth, expansion)
-        ],
+        initial_weights=[randn(heads, i, o) / i**0.5 for i, o in memory_layer_shapes(head_dim, depth, expansion)],
     )
     if requires_grad:
         for t in inputs.leaves():

@@ -46,7 +46,5 @@ def test_eq17_linear_memory_one_chunk_is_one_matmul():
     log_beta = x.log_retain.cumsum(-1)
     beta_b = log_beta[..., -1:].exp()
     scale = x.lr * (log_beta[..., -1:] - log_beta).exp()
-    expected = beta_b[..., None] * w0 - x.keys.transpose(-1, -2) @ (
-        scale[..., None] * (x.keys @ w0 - x.values)
-    )
+    expected = beta_b[..., None] * w0 - x.keys.transpose(-1, -2) @ (scale[..., None] * (x.keys @ w0 - x.values))
     assert_close(state.weights[0], expected)
