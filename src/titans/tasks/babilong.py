@@ -26,9 +26,9 @@ import json
 import lzma
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from titans.tasks.babi import BabiQuestion, BabiSize, BabiSplit, load_babi_task,
 from titans.tasks.data_files import GUTENBERG_JSONL, find_data_file
 from titans.tasks.text_utils import (
     CycledUnits,
+    PromptRecord,
     count_tokens,
     default_tokenizer,
     longest_fitting_word_prefix,
@@ -54,7 +55,7 @@ _SPLIT_FIELD = re.compile(rb'"split"\s*:\s*"([^"]*)"')
 
 
 @dataclass(frozen=True)
-class BabilongSample:
+class BabilongSample(PromptRecord):
     """One BABILong prompt.
 
     Attributes:
@@ -92,19 +93,6 @@ class BabilongSample:
     prompt: str = field(repr=False)
     prompt_ids: list[int] = field(repr=False)
     answer_ids: list[int] = field(repr=False)
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        """``len(prompt_ids)``."""
-        return len(self.prompt_ids)
-
-    def to_dict(self, include_token_ids: bool = True) -> dict[str, Any]:
-        """A JSON-ready dict (``prompt_ids``/``answer_ids`` left out when ``include_token_ids`` is false)."""
-        record = asdict(self)
-        record["num_prompt_tokens"] = self.num_prompt_tokens
-        if not include_token_ids:
-            del record["prompt_ids"], record["answer_ids"]
-        return record
 
 
 # ------------------------------------------------------------------------------------------- background

@@ -34,15 +34,16 @@ import lzma
 import tarfile
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from titans.tasks.data_files import PAUL_GRAHAM_NIAH_ARCHIVE, PAUL_GRAHAM_RULER_JSON, find_data_file
 from titans.tasks.text_utils import (
     CycledUnits,
+    PromptRecord,
     count_tokens,
     default_tokenizer,
     longest_fitting_word_prefix,
@@ -135,7 +136,7 @@ def get_sniah_task(task: str) -> SNIAHTaskSpec:
 
 
 @dataclass(frozen=True)
-class SNIAHSample:
+class SNIAHSample(PromptRecord):
     """One S-NIAH prompt with its answer and where the needle is.
 
     Attributes:
@@ -169,19 +170,6 @@ class SNIAHSample:
     prompt_ids: list[int] = field(repr=False)
     answer_ids: list[int] = field(repr=False)
     needle_token_position: int = 0
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        """``len(prompt_ids)``."""
-        return len(self.prompt_ids)
-
-    def to_dict(self, include_token_ids: bool = True) -> dict[str, Any]:
-        """A JSON-ready dict (``prompt_ids``/``answer_ids`` left out when ``include_token_ids`` is false)."""
-        record = asdict(self)
-        record["num_prompt_tokens"] = self.num_prompt_tokens
-        if not include_token_ids:
-            del record["prompt_ids"], record["answer_ids"]
-        return record
 
 
 # --------------------------------------------------------------------------------------------- haystacks

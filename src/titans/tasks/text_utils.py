@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
 
 from titans.tokenizer import ByteTokenizer, Tokenizer
 
@@ -121,3 +123,22 @@ class CycledUnits:
             raw = count_tokens(self.tokenizer, self.units[base]) - self.special_tokens_per_encoding
             counted = self._counts[base] = max(0, raw)
         return counted
+
+
+class PromptRecord:
+    """Methods shared by the prompt samples (S-NIAH, BABILong): dataclasses with ``prompt_ids``/``answer_ids``."""
+
+    prompt_ids: list[int]
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """``len(prompt_ids)``."""
+        return len(self.prompt_ids)
+
+    def to_dict(self, include_token_ids: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict (``prompt_ids``/``answer_ids`` left out when ``include_token_ids`` is false)."""
+        record = asdict(self)  # type: ignore[call-overload]
+        record["num_prompt_tokens"] = self.num_prompt_tokens
+        if not include_token_ids:
+            del record["prompt_ids"], record["answer_ids"]
+        return dict(record)
