@@ -13,28 +13,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-
-def time_cuda(fn: Callable[[], object], warmup: int = 3, repeat: int = 10) -> float:
-    """Median milliseconds of ``fn`` measured with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from timing import median_ms
 
 
 def measure(name: str, build: Callable[[], Callable[[], object]], tokens: int, repeat: int) -> dict:
@@ -42,7 +26,7 @@ def measure(name: str, build: Callable[[], Callable[[], object]], tokens: int, r
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        ms = time_cuda(build(), repeat=repeat)
+        ms = median_ms(build(), repeat=repeat)
     except torch.OutOfMemoryError:
         return {"name": name, "ms": float("nan"), "tokens_per_s": 0.0, "peak_gib": float("nan"), "note": "OOM"}
     peak = torch.cuda.max_memory_allocated() / 2**30
