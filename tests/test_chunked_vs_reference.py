@@ -94,3 +94,18 @@ def test_checkpointed_chunks_equal_plain_chunks(group):
     g1 = torch.autograd.grad(y1.square().sum() + s1.weights[0].sum(), x.leaves())
     for i, (a, b) in enumerate(zip(g1, g0)):
         assert_close(a, b, what=f"gradient of leaf {i}")
+
+
+def test_compiled_chunk_step_equals_eager():
+    """``compile_step=True`` (torch.compile of the chunk body) computes the same function, gradients too.
+
+    One chunk shape only (length a multiple of the chunk), so it compiles once."""
+    x = make_inputs(length=8, depth=2, head_dim=4, requires_grad=True, seed=11)
+    y0, s0 = memory_recurrence_chunked(*x.args(), x.state(), 4)
+    y1, s1 = memory_recurrence_chunked(*x.args(), x.state(), 4, compile_step=True)
+    assert_close(y1, y0, rtol=1e-10)
+    assert_states_close(s1, s0, rtol=1e-10)
+    g0 = torch.autograd.grad(y0.square().sum(), x.leaves())
+    g1 = torch.autograd.grad(y1.square().sum(), x.leaves())
+    for i, (a, b) in enumerate(zip(g1, g0)):
+        assert_close(a, b, rtol=1e-10, what=f"gradient of leaf {i}")

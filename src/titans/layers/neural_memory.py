@@ -198,7 +198,7 @@ class NeuralMemory(nn.Module):
     def _finish(self, x: Tensor, retrieved: Tensor) -> Tensor:
         """Output RMSNorm, sigmoid gate from x, output projection."""
         y = retrieved.transpose(1, 2).flatten(2)
-        y = self.output_norm(y).to(x.dtype) if not torch.is_autocast_enabled() else self.output_norm(y)
+        y = self.output_norm(y).to(x.dtype)  # the recurrence ran in fp32/fp64; back to the layer's dtype
         return self.to_out(y * torch.sigmoid(self.to_output_gate(x)))
 
     # ------------------------------------------------------------------------------------------------
@@ -209,7 +209,8 @@ class NeuralMemory(nn.Module):
             state = self.initial_state(x.shape[0], x.device, _inner_dtype(x.dtype))
         caches = state.conv if state.conv is not None else (None, None, None)
         projected = [self._project(x, i, caches[i]) for i in range(3)]
-        new_conv = None if self.convs is None else tuple(c for _, c in projected)
+        caches_out = [c for _, c in projected if c is not None]
+        new_conv = None if self.convs is None else (caches_out[0], caches_out[1], caches_out[2])
         inner = _inner_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v = (self._heads(p.to(inner)) for p, _ in projected)
@@ -222,7 +223,7 @@ class NeuralMemory(nn.Module):
                 )
             else:
                 retrieved, recurrent = RECURRENCES[self.impl](*args)
-        return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)  # type: ignore[arg-type]
+        return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)
 
     def step(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
         """One token (batch, dim) for decoding: the same function as :meth:`forward` on a length-1 sequence."""

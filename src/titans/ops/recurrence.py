@@ -57,12 +57,7 @@ class RecurrentState:
 
     def detach(self) -> RecurrentState:
         """The same state cut from the autograd graph (for truncated backpropagation through time)."""
-        return RecurrentState(
-            tuple(w.detach() for w in self.weights),
-            None if self.momentum is None else tuple(s.detach() for s in self.momentum),
-            tuple(w.detach() for w in self.chunk_start),
-            self.offset,
-        )
+        return self.map(Tensor.detach)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> RecurrentState:
         """Apply ``fn`` to every tensor (e.g. ``lambda t: t.to(device)``, or batch-row selection)."""
