@@ -11,10 +11,13 @@ from torch import Tensor, nn
 
 from titans.layers.conv import CausalDepthwiseConv
 from titans.layers.norm import RMSNorm
+from titans.ops.fused import memory_recurrence_fused, triton_unsupported_reason
 from titans.ops.memory_mlp import memory_forward, memory_layer_shapes
 from titans.ops.recurrence import RECURRENCES, RecurrentState, memory_recurrence_chunked
 
-Impl = Literal["reference", "chunked"]
+Impl = Literal["auto", "fused", "chunked", "reference"]
+IMPLS = ("auto", "fused", "chunked", "reference")
+FUSED_CHECKPOINT_CHUNKS = 8  # the fused path's default: keep the state every 8 chunks for backward
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class NeuralMemory(nn.Module):
 
     Ablations (paper Table 5): ``depth=1`` (linear memory), ``conv=False``, ``momentum=False`` (η = 0),
     ``decay=False`` (α = 0).
+
+    ``impl`` — four implementations of one function: ``"reference"`` (token by token, autograd inner
+    gradients), ``"chunked"`` (closed form per chunk, autograd backward), ``"fused"`` (whole chunks with a
+    hand-written backward: the Triton kernels where they apply, else their PyTorch twin) and ``"auto"`` (the
+    Triton kernels on CUDA when they apply, else ``"chunked"``). ``checkpoint_chunks=G``: keep the state every
+    G chunks for the backward (fused: default 8).
     """
 
     def __init__(
@@ -63,7 +72,7 @@ class NeuralMemory(nn.Module):
         conv: bool = True,
         conv_kernel: int = 4,
         max_lr: float = 1.0,
-        impl: Impl = "chunked",
+        impl: Impl = "auto",
         check_inputs: bool = True,
         compile_chunk_step: bool = False,
         checkpoint_chunks: int = 0,
@@ -77,8 +86,8 @@ class NeuralMemory(nn.Module):
             head_dim = dim // heads
         if chunk_size < 1:
             raise ValueError(f"NeuralMemory: chunk_size must be >= 1, got {chunk_size}")
-        if impl not in RECURRENCES:
-            raise ValueError(f"NeuralMemory: impl must be one of {sorted(RECURRENCES)}, got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"NeuralMemory: impl must be one of {IMPLS}, got {impl!r}")
         if depth < 1 or expansion < 1:
             raise ValueError(f"NeuralMemory: depth and expansion must be >= 1, got {depth}, {expansion}")
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
@@ -217,13 +226,31 @@ class NeuralMemory(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             lr, log_momentum, log_retain = self._gates(x, inner)
             args = (q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size)
-            if self.impl == "chunked":
+            impl, backend = self._dispatch(q)
+            if impl == "fused":
+                reduced = projected[0][0].dtype in (torch.bfloat16, torch.float16)  # autocast: tf32 products
+                retrieved, recurrent = memory_recurrence_fused(
+                    *args,
+                    backend=backend,
+                    checkpoint_every=self.checkpoint_chunks or FUSED_CHECKPOINT_CHUNKS,
+                    precision="tf32" if reduced else "ieee",
+                )
+            elif impl == "chunked":
                 retrieved, recurrent = memory_recurrence_chunked(
                     *args, compile_step=self.compile_chunk_step, checkpoint_chunks=self.checkpoint_chunks
                 )
             else:
-                retrieved, recurrent = RECURRENCES[self.impl](*args)
+                retrieved, recurrent = RECURRENCES[impl](*args)
         return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)
+
+    def _dispatch(self, q: Tensor) -> tuple[str, Literal["triton", "torch"]]:
+        """(implementation, fused backend) for inner-dtype queries ``q`` of shape (B, H, T, d)."""
+        if self.impl not in ("auto", "fused"):
+            return self.impl, "torch"
+        reason = triton_unsupported_reason(self.depth, self.head_dim, self.head_dim * self.expansion, q.dtype, q.device)
+        if reason is None:
+            return "fused", "triton"
+        return ("fused", "torch") if self.impl == "fused" else ("chunked", "torch")
 
     def step(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
         """One token (batch, dim) for decoding: the same function as :meth:`forward` on a length-1 sequence."""

@@ -14,7 +14,7 @@ baselines: ``transformer`` (Transformer++, full causal attention) and ``swa`` (s
 
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 WINDOW_VARIANTS = ("mag", "mal", "swa")
-IMPLS = ("chunked", "reference")
+IMPLS = ("auto", "fused", "chunked", "reference")
 MAX_MEMORY_DEPTH = 4
 
 # Options that change how a state is computed but not what it means: left out of the fingerprint.
@@ -49,7 +49,7 @@ class TitansConfig:
     conv: bool = True  # depthwise causal conv after q/k/v (ablation: False)
     conv_kernel: int = 4
     max_lr: float = 1.0  # θ_max of decision 1
-    impl: str = "chunked"  # "chunked" (fast) or "reference" (token by token); the same function
+    impl: str = "auto"  # NeuralMemory's: "auto" (Triton on CUDA, else chunked), "fused", "chunked", "reference"
     memory_layers: tuple[int, ...] | None = None  # blocks with a memory (MAC/MAG/MAL); None: every block
     # Attention.
     window: int = 512  # sliding window (MAG, MAL, SWA): a query sees itself and window − 1 earlier tokens

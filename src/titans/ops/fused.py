@@ -1,0 +1,289 @@
+"""The memory recurrence over whole chunks with a hand-written backward: Triton kernels, or their PyTorch twin.
+
+:func:`memory_recurrence_fused` computes the same function as
+:func:`titans.ops.recurrence.memory_recurrence_chunked`. A partial chunk at the start (a state that stopped
+mid-chunk) and at the end run through the chunked path; the whole chunks in between run through
+``_FusedChunks``, whose backward is :func:`titans.ops.chunk_vjp.chunk_backward` (``backend="torch"``) or the
+Triton kernels of :mod:`titans.ops.fused_kernels` (``backend="triton"``, depth 2). Neither keeps a copy of the
+state per chunk: the forward stores the state every ``checkpoint_every`` chunks and the backward recomputes
+the states in between, one stretch at a time, last stretch first.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from titans.ops.chunk_vjp import Mixing, chunk_backward, chunk_forward
+from titans.ops.recurrence import RecurrentState, chunk_mixing, memory_recurrence_chunked
+
+Backend = Literal["triton", "torch"]
+Precision = Literal["ieee", "tf32"]
+TRITON_MIN_BLOCK_E = 16  # the hidden dimension is streamed in blocks of 16, 32 or 64 columns
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_unsupported_reason(
+    depth: int, head_dim: int, hidden: int, dtype: torch.dtype, device: torch.device
+) -> str | None:
+    """Why the Triton kernels cannot run this memory (``None`` when they can)."""
+    if not triton_available():
+        return "Triton is not installed"
+    if device.type != "cuda" and not triton_interpreting():
+        return f"the tensors are on {device.type}, not CUDA (set TRITON_INTERPRET=1 to interpret the kernels)"
+    if depth != 2:
+        return f"the kernels are written for memory depth 2, this memory has depth {depth}"
+    if dtype != torch.float32:
+        return f"the kernels keep the state in float32, the inner dtype is {dtype}"
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        return f"head_dim must be a power of two >= 16, got {head_dim}"
+    if hidden % TRITON_MIN_BLOCK_E:
+        return f"the hidden width (head_dim x expansion = {hidden}) must be a multiple of {TRITON_MIN_BLOCK_E}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole chunks: forward and backward.
+# --------------------------------------------------------------------------------------------------
+
+
+def _chunk(t: Tensor, c: int, n: int) -> Tensor:
+    return t[:, :, c * n : (c + 1) * n]
+
+
+def _mix_at(mix: Mixing, c: int) -> Mixing:
+    return Mixing(*(m[:, :, c] for m in mix))
+
+
+def _torch_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool):
+    """Chunk loop with :func:`chunk_forward`: outputs, final state, and the state every ``every`` chunks."""
+    depth = len(state) // 2
+    weights, surprise = state[:depth], state[depth:]
+    outputs, checkpoints = [], []
+    for c in range(q.shape[2] // n):
+        if keep and c % every == 0:
+            checkpoints.append(weights + surprise)
+        y, weights, surprise, _ = chunk_forward(
+            _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), weights, surprise
+        )
+        outputs.append(y)
+    return torch.cat(outputs, dim=2), weights + surprise, checkpoints
+
+
+def _torch_backward(q, k, v, mix: Mixing, checkpoints, grad_y, grad_state: list[Tensor], n: int, every: int):
+    depth = len(grad_state) // 2
+    n_chunks = q.shape[2] // n
+    grads_q, grads_k, grads_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    grads_mix = [torch.zeros_like(m) for m in mix]
+    grad_w, grad_s = list(grad_state[:depth]), list(grad_state[depth:])
+    for group in reversed(range(len(checkpoints))):
+        first, last = group * every, min(n_chunks, (group + 1) * every)
+        states = [checkpoints[group]]
+        for c in range(first, last - 1):
+            s = states[-1]
+            _, w, sp, _ = chunk_forward(
+                _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), s[:depth], s[depth:]
+            )
+            states.append(w + sp)
+        for c in reversed(range(first, last)):
+            s = states[c - first]
+            g = chunk_backward(
+                _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), s[:depth], s[depth:],
+                _chunk(grad_y, c, n), grad_w, grad_s,
+            )  # fmt: skip
+            for full, part in ((grads_q, g.q), (grads_k, g.k), (grads_v, g.v)):
+                _chunk(full, c, n).copy_(part)
+            for full, part in zip(grads_mix, g.mixing):
+                full[:, :, c] = part
+            grad_w, grad_s = g.weights, g.surprise
+    return grads_q, grads_k, grads_v, Mixing(*grads_mix), grad_w + grad_s
+
+
+def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, backward: bool) -> dict:
+    """Block sizes: the whole chunk (≥ 16 rows) and a block of the hidden width that fits shared memory
+    (228 KB on Hopper: the backward at 64-row chunks needs 16-column blocks)."""
+    block_n = max(16, 1 << (n - 1).bit_length())
+    widest = (16 if block_n > 32 else 32) if backward else (32 if block_n > 32 else 64)
+    env = os.environ.get
+    block_e = int(env("TITANS_FUSED_BLOCK_E", 0)) or max(b for b in (16, 32, 64) if b <= widest and hidden % b == 0)
+    return {
+        "D": q.shape[-1],
+        "E": hidden,
+        "BLOCK_N": block_n,
+        "BLOCK_E": block_e,
+        "PREC": precision,
+        "num_warps": int(env("TITANS_FUSED_WARPS", 4)),
+        "num_stages": int(env("TITANS_FUSED_STAGES", 1)),
+    }
+
+
+def _triton_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, precision: Precision):
+    from titans.ops.fused_kernels import memory_forward_kernel
+
+    batch, heads, length, d = q.shape
+    bh, n_chunks, hidden = batch * heads, length // n, state[0].shape[-1]
+    work = [s.reshape(bh, *s.shape[2:]).clone() for s in state]  # W1, W2, S1, S2 (working copies, fp32)
+    n_ckpt = -(-n_chunks // every) if keep else 1
+    ckpt = q.new_empty(bh, n_ckpt, 4 * d * hidden)
+    y = torch.empty_like(q)
+    memory_forward_kernel[(bh,)](
+        q, k, v, y, *mix, *work, ckpt,
+        length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt,
+        WRITE_Y=True, **_triton_launch_args(q, n, hidden, precision, backward=False),
+    )  # fmt: skip
+    final = [w.view(batch, heads, *w.shape[1:]) for w in work]
+    return y, final, ckpt
+
+
+def _triton_backward(q, k, v, mix: Mixing, ckpt: Tensor, grad_y, grad_state, n: int, every: int, precision: Precision):
+    from titans.ops.fused_kernels import memory_backward_kernel, memory_forward_kernel
+
+    batch, heads, length, d = q.shape
+    bh, n_chunks, hidden = batch * heads, length // n, grad_state[0].shape[-1]
+    launch = _triton_launch_args(q, n, hidden, precision, backward=True)
+    recompute = _triton_launch_args(q, n, hidden, precision, backward=False)
+    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    grad_mix = Mixing(*(torch.empty_like(m) for m in mix))
+    carried = [g.reshape(bh, *g.shape[2:]).contiguous().clone() for g in grad_state]  # dW1, dW2, dS1, dS2
+    scratch = q.new_empty(bh, launch["BLOCK_N"], hidden)
+    stretch = q.new_empty(bh, every, 4 * d * hidden)
+    de = d * hidden
+    for group in reversed(range(ckpt.shape[1])):
+        first, last = group * every, min(n_chunks, (group + 1) * every)
+        if every == 1:
+            states, n_states = ckpt[:, group:], ckpt.shape[1]
+        else:  # the state at the start of every chunk of the stretch, recomputed from its checkpoint
+            start = ckpt[:, group]
+            work = [start[:, i * de : (i + 1) * de].clone() for i in (0, 2, 1, 3)]  # [W1, S1, W2, S2] → W1, W2, S1, S2
+            memory_forward_kernel[(bh,)](
+                q, k, v, q, *mix, *work, stretch,
+                length, n, n_chunks, first, last, 1, every,
+                WRITE_Y=False, **recompute,
+            )  # fmt: skip
+            states, n_states = stretch, every
+        memory_backward_kernel[(bh,)](
+            q, k, v, grad_y, grad_q, grad_k, grad_v, *mix, *grad_mix, states, *carried, scratch,
+            length, n, n_chunks, first, last, n_states,
+            **launch,
+        )  # fmt: skip
+    final = [g.view(batch, heads, *g.shape[1:]) for g in carried]
+    return grad_q, grad_k, grad_v, grad_mix, final
+
+
+class _FusedChunks(torch.autograd.Function):
+    """Whole chunks, aligned state: (q, k, v, mixing, W…, S…) → (y, W'…, S'…)."""
+
+    @staticmethod
+    def forward(ctx, config, q, k, v, retain, carry, grad_mix, pi, a_last, *state):
+        backend, n, every, precision = config
+        mix = Mixing(retain, carry, grad_mix, pi, a_last)
+        keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        if backend == "triton":
+            y, final, ckpt = _triton_forward(q, k, v, mix, list(state), n, every, keep, precision)
+            ctx.save_for_backward(q, k, v, *mix, ckpt)
+        else:
+            y, final, checkpoints = _torch_forward(q, k, v, mix, list(state), n, every, keep)
+            ctx.checkpoints = checkpoints
+            ctx.save_for_backward(q, k, v, *mix)
+        ctx.config = config
+        return (y, *final)
+
+    @staticmethod
+    def backward(ctx, grad_y, *grad_state):
+        backend, n, every, precision = ctx.config
+        q, k, v, *rest = ctx.saved_tensors
+        mix = Mixing(*rest[:5])
+        grad_y = grad_y.contiguous()
+        if backend == "triton":
+            gq, gk, gv, gmix, gstate = _triton_backward(
+                q, k, v, mix, rest[5], grad_y, list(grad_state), n, every, precision
+            )
+        else:
+            gq, gk, gv, gmix, gstate = _torch_backward(
+                q, k, v, mix, ctx.checkpoints, grad_y, list(grad_state), n, every
+            )
+        return (None, gq, gk, gv, *gmix, *gstate)
+
+
+def _aligned_mixing(lr: Tensor, log_momentum: Tensor | None, log_retain: Tensor | None, n: int) -> Mixing:
+    """The coefficients the fused path reads, for every chunk of a chunk-aligned stretch (gates (B, H, C·n))."""
+
+    def chunks(g: Tensor | None) -> Tensor | None:
+        return None if g is None else g.unflatten(-1, (-1, n))
+
+    m = chunk_mixing(lr.unflatten(-1, (-1, n)), chunks(log_momentum), chunks(log_retain))
+    if m.carry is None:  # no momentum: S stays 0, so c, π and A_n are 0 too
+        zeros = torch.zeros_like(m.retain)
+        return Mixing(m.retain, zeros, m.grad_mix, zeros, zeros[..., 0])
+    assert m.momentum_mix is not None and m.momentum_decay is not None
+    return Mixing(m.retain, m.carry, m.grad_mix, m.momentum_mix[..., -1, :], m.momentum_decay[..., -1])
+
+
+def memory_recurrence_fused(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    lr: Tensor,
+    log_momentum: Tensor | None,
+    log_retain: Tensor | None,
+    state: RecurrentState,
+    chunk_size: int,
+    backend: Backend = "torch",
+    checkpoint_every: int = 8,
+    precision: Precision = "ieee",
+) -> tuple[Tensor, RecurrentState]:
+    """The same function as :func:`memory_recurrence_chunked`; whole chunks through ``_FusedChunks``.
+
+    ``checkpoint_every``: the forward keeps the state of every such chunk for the backward (1 = every chunk,
+    no recomputation). ``precision`` of the Triton matrix products: ``"ieee"`` (exact fp32) or ``"tf32"``.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    length, n = queries.shape[2], chunk_size
+    head = min(length, (n - state.offset) % n)
+    body = (length - head) // n * n
+    if body == 0:
+        return memory_recurrence_chunked(queries, keys, values, lr, log_momentum, log_retain, state, n)
+
+    def part(t: Tensor | None, lo: int, hi: int) -> Tensor | None:
+        return None if t is None else t[:, :, lo:hi]
+
+    def chunked(lo: int, hi: int, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        q, k, v, rate = (t[:, :, lo:hi] for t in (queries, keys, values, lr))
+        return memory_recurrence_chunked(q, k, v, rate, part(log_momentum, lo, hi), part(log_retain, lo, hi), state, n)
+
+    outputs = []
+    if head:
+        out, state = chunked(0, head, state)
+        outputs.append(out)
+    lo, hi = head, head + body
+    mix = _aligned_mixing(lr[:, :, lo:hi], part(log_momentum, lo, hi), part(log_retain, lo, hi), n)
+    momentum = state.momentum if state.momentum is not None else tuple(torch.zeros_like(w) for w in state.weights)
+    config = (backend, n, checkpoint_every, precision)
+    q, k, v = (t[:, :, lo:hi].contiguous() for t in (queries, keys, values))
+    y, *final = _FusedChunks.apply(config, q, k, v, *(m.contiguous() for m in mix), *state.weights, *momentum)
+    depth = len(state.weights)
+    weights = tuple(final[:depth])
+    surprise = tuple(final[depth:]) if state.momentum is not None else None
+    state = RecurrentState(weights, surprise, weights, 0)
+    outputs.append(y)
+    if hi < length:
+        out, state = chunked(hi, length, state)
+        outputs.append(out)
+    return torch.cat(outputs, dim=2), state

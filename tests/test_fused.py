@@ -1,0 +1,133 @@
+"""The fused path (whole chunks, hand-written backward) against the chunked closed form.
+
+``backend="torch"`` (chunk_vjp in a chunk loop) is checked in float64; ``backend="triton"`` runs the Triton
+kernels — interpreted on the CPU (``TRITON_INTERPRET=1``, set below before Triton compiles anything) at tiny
+shapes, compiled on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from titans.ops.fused import memory_recurrence_fused, triton_available
+from titans.ops.memory_mlp import memory_layer_shapes
+from titans.ops.recurrence import RecurrentState, memory_recurrence_chunked
+
+
+def _inputs(depth, length, *, momentum=True, decay=True, batch=2, heads=2, d=4, expansion=2, dtype=torch.float64,
+            device="cpu", seed=0, lr_scale=1.0):  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+    q, k, v = (torch.nn.functional.normalize(rnd(batch, heads, length, d), dim=-1) for _ in range(3))
+    lr = lr_scale * torch.sigmoid(rnd(batch, heads, length) - 1.0)
+    log_momentum = torch.nn.functional.logsigmoid(rnd(batch, heads, length) + 1.5) if momentum else None
+    log_retain = torch.nn.functional.logsigmoid(rnd(batch, heads, length) + 3.0) if decay else None
+    initial = [rnd(heads, a, b, scale=a**-0.5) for a, b in memory_layer_shapes(d, depth, expansion)]
+    leaves = [t.requires_grad_(True) for t in (q, k, v, lr, log_momentum, log_retain, *initial) if t is not None]
+    return (q, k, v, lr, log_momentum, log_retain), initial, leaves
+
+
+def _run(fn, gates_qkv, initial, leaves, chunk, offset=0, **kw):
+    """Outputs, final state and gradients of a random functional of both, after an optional warm-up prefix."""
+    q, k, v, lr, lm, lret = gates_qkv
+    batch = q.shape[0]
+    state = RecurrentState.initial(initial, batch, lm is not None)
+    if offset:
+        _, state = memory_recurrence_chunked(
+            *(None if t is None else t[:, :, :offset] for t in (q, k, v, lr, lm, lret)), state, chunk
+        )
+    rest = (None if t is None else t[:, :, offset:] for t in (q, k, v, lr, lm, lret))
+    y, final = fn(*rest, state, chunk, **kw)
+    tensors = [y, *final.weights, *(final.momentum or ())]
+    g = torch.Generator().manual_seed(7)
+    probes = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t) for t in tensors]
+    loss = sum((t * p).sum() for t, p in zip(tensors, probes))
+    grads = torch.autograd.grad(loss, leaves)
+    return [t.detach() for t in tensors], grads, final.offset
+
+
+CASES = [  # depth, length, chunk, offset, momentum, decay, checkpoint_every
+    (2, 24, 4, 0, True, True, 1),
+    (2, 27, 4, 2, True, True, 2),
+    (2, 30, 3, 1, True, False, 3),
+    (1, 26, 4, 0, True, True, 2),
+    (2, 20, 5, 0, False, True, 8),
+    (1, 17, 1, 0, False, False, 4),
+]
+
+
+@pytest.mark.parametrize(("depth", "length", "chunk", "offset", "momentum", "decay", "every"), CASES)
+def test_torch_backend_matches_chunked(depth, length, chunk, offset, momentum, decay, every):
+    args = _inputs(depth, length, momentum=momentum, decay=decay)
+    expected, expected_grads, expected_offset = _run(memory_recurrence_chunked, *args, chunk, offset)
+    actual, grads, actual_offset = _run(
+        memory_recurrence_fused, *args, chunk, offset, backend="torch", checkpoint_every=every
+    )
+    assert actual_offset == expected_offset
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b)
+
+
+def _assert_close_scaled(actual, expected, tol, names):
+    """max |a − b| ≤ tol · max |b| per tensor (fp32 and tf32 errors scale with the tensor, not per element)."""
+    for name, a, b in zip(names, actual, expected):
+        err = (a.double().cpu() - b.cpu()).abs().max().item()
+        scale = b.abs().max().item()
+        assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:g} x max |expected| {scale:.3e}"
+
+
+NAMES = ["y", "W1", "W2", "S1", "S2"]
+GRAD_NAMES = ["q", "k", "v", "lr", "log_momentum", "log_retain", "M0_1", "M0_2"]
+TRITON_CASES = [  # length, chunk, offset, momentum, decay, checkpoint_every
+    (48, 16, 0, True, True, 1),
+    (40, 8, 3, True, True, 2),
+    (36, 6, 0, False, True, 4),
+]
+
+
+def _compare_triton(length, chunk, offset, momentum, decay, every, precision, tol, device, batch=1, d=16):
+    kw = {"momentum": momentum, "decay": decay, "d": d, "expansion": 4, "batch": batch}
+    expected, expected_grads, _ = _run(
+        memory_recurrence_chunked, *_inputs(2, length, device=device, **kw), chunk, offset
+    )
+    args32 = _inputs(2, length, dtype=torch.float32, device=device, **kw)
+    actual, grads, _ = _run(
+        memory_recurrence_fused, *args32, chunk, offset, backend="triton", checkpoint_every=every, precision=precision
+    )
+    names = NAMES if momentum else NAMES[:3]
+    grad_names = GRAD_NAMES if momentum else [n for n in GRAD_NAMES if n != "log_momentum"]
+    _assert_close_scaled(actual, expected, tol, names)
+    _assert_close_scaled(grads, expected_grads, 10 * tol, grad_names)
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+@pytest.mark.parametrize(("length", "chunk", "offset", "momentum", "decay", "every"), TRITON_CASES)
+def test_triton_backend_matches_chunked(length, chunk, offset, momentum, decay, every):
+    """Tiny shapes: interpreted on the CPU, compiled on a GPU; exact fp32 products (relative error ~1e-5)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _compare_triton(length, chunk, offset, momentum, decay, every, "ieee", 2e-5, device)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+@pytest.mark.parametrize(("length", "chunk", "offset", "every"), [(128, 16, 0, 3), (200, 64, 5, 2), (160, 32, 0, 1)])
+def test_triton_kernels_on_gpu(length, chunk, offset, every, precision):
+    """The benchmark's head size (64, hidden 256), compiled, in fp32 and in tf32 products.
+
+    Short sequences on purpose: with random gates the recurrence is chaotic — the fp32 chunked path itself
+    drifts from float64 by O(1) after ~500 tokens — so only short stretches can be compared to float64.
+    """
+    tol = 2e-5 if precision == "ieee" else 5e-3
+    _compare_triton(length, chunk, offset, True, True, every, precision, tol, "cuda", batch=2, d=64)
