@@ -1,5 +1,6 @@
 """The ``titans`` command: ``train``, ``eval``, ``generate``, ``demo``, ``verify``, and the commands of the
-long-context tasks (``task``) and of the Hugging Face bridge (``distill``, ``convert``).
+long-context tasks (``task``), of the Hugging Face bridge (``distill``, ``convert``) and of the reproduction
+suites (``repro``).
 
 Bad input (a config key, a data file, a checkpoint) prints ``error: ...`` and exits with status 2.
 """
@@ -163,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_other_commands(commands: argparse._SubParsersAction) -> None:
     """``titans task ...`` (:mod:`titans.tasks.commands`), ``titans distill`` and ``titans convert``
-    (:mod:`titans.hf.commands`): registered by the packages that define them, when present."""
+    (:mod:`titans.hf.commands`), ``titans repro`` (:mod:`titans.repro.commands`): registered by the packages
+    that define them, when present."""
     import importlib
 
     for module_name, function_name in (
         ("titans.tasks.commands", "add_task_commands"),
         ("titans.hf.commands", "add_hf_commands"),
+        ("titans.repro.commands", "add_repro_commands"),
     ):
         try:
             module = importlib.import_module(module_name)
