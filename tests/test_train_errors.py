@@ -170,3 +170,32 @@ def test_damaged_checkpoint(trained_run, tmp_path, capsys):
     (damaged / "config.yaml").write_text((run_dir / LAST / "config.yaml").read_text())
     err = _fails(capsys, ["eval", "--checkpoint", str(damaged)])
     assert "cannot read the checkpoint" in err and str(damaged / "model.safetensors") in err
+
+
+def test_a_step_with_non_finite_gradients_is_skipped():
+    import torch
+
+    from titans.training.trainer import clip_gradients, step_if_finite
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    (layer(torch.ones(1, 3)).sum() * float("inf")).backward()
+    assert not step_if_finite(optimizer, clip_gradients(layer, 1.0))
+    for p, q in zip(layer.parameters(), before):
+        assert torch.equal(p, q) and p.grad is None
+    layer(torch.ones(1, 3)).sum().backward()
+    assert step_if_finite(optimizer, clip_gradients(layer, 1.0))
+    assert not torch.equal(layer.weight, before[0])
+
+
+def test_training_curves_plot_nan_records(tmp_path):
+    from titans.training.plots import plot_training_curves
+
+    records = [
+        {"split": "train", "step": 10, "loss": 2.0},
+        {"split": "train", "step": 20, "loss": "nan"},
+        {"split": "valid", "step": 20, "bits": "inf", "unit": "bits_per_byte"},
+    ]
+    assert plot_training_curves(records, tmp_path / "curves.png") == tmp_path / "curves.png"
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -31,7 +31,7 @@ def _unit_label(unit: str) -> str:
 
 def plot_training_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
     """Training loss (light) and validation loss (bold) against the step, in bits; None without records."""
-    train = [r for r in records if r.get("split") == "train"]
+    train = [r for r in records if r.get("split") == "train"]  # float(): "nan"/"inf" are written as strings
     valid = [r for r in records if r.get("split") == "valid"]
     if not train and not valid:
         return None
@@ -39,9 +39,9 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> Path | No
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     if train:
-        axes.plot([r["step"] for r in train], [r["loss"] / math.log(2) for r in train], label="train", alpha=0.6)
+        axes.plot([r["step"] for r in train], [float(r["loss"]) / math.log(2) for r in train], label="train", alpha=0.6)
     if valid:
-        axes.plot([r["step"] for r in valid], [r["bits"] for r in valid], "o-", label="validation", linewidth=2)
+        axes.plot([r["step"] for r in valid], [float(r["bits"]) for r in valid], "o-", label="validation", linewidth=2)
     axes.set_xlabel("step")
     axes.set_ylabel(_unit_label(unit))
     axes.set_title("Training and validation loss")

@@ -243,9 +243,19 @@ def train_step(
         (token_loss * loss_scale.float()).backward()
         loss_sum += token_loss.detach().double()
     grad_norm = clip_gradients(model, config.train.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    step_if_finite(optimizer, grad_norm)
     return StepStats(all_reduce_sum(loss_sum, context) / global_tokens.double(), grad_norm)
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> bool:
+    """One optimizer step, skipped (as AMP's GradScaler does) when the gradient norm is inf or NaN, so one bad
+    batch cannot turn the weights into NaN; the skip shows as a non-finite ``grad_norm`` in the metrics. Clears
+    the gradients either way. Costs one host sync per step."""
+    finite = bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
