@@ -120,9 +120,17 @@ class NeuralMemory(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for w in self.initial_weights:
-            nn.init.normal_(w, std=w.shape[-2] ** -0.5)
-        for gate, bias in ((self.to_lr, -2.0), (self.to_momentum, 2.0), (self.to_forget, -4.0)):
+        """M_0 and gate initialisation (TITANS.md decision 7 in docs/equations.md).
+
+        The last layer of a deep memory starts at std 1, not 1/sqrt(fan-in): its output feeds the LayerNorm of
+        M(x) = x + LN(·), whose backward scales with 1/std, and a pre-activation of std ~0.05 turned every inner
+        gradient into an amplifier (outer gradient norms of 1e6–1e11 at init, then NaN). The forget gate starts
+        at α = sigmoid(−6) ≈ 0.0025 so that the decay does not shrink W_L back towards that regime.
+        """
+        for layer, w in enumerate(self.initial_weights):
+            last_of_deep = self.depth > 1 and layer == self.depth - 1
+            nn.init.normal_(w, std=1.0 if last_of_deep else w.shape[-2] ** -0.5)
+        for gate, bias in ((self.to_lr, -2.0), (self.to_momentum, 2.0), (self.to_forget, -6.0)):
             if gate is not None:
                 nn.init.normal_(gate.weight, std=0.02)
                 nn.init.constant_(gate.bias, bias)
