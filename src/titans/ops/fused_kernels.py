@@ -63,6 +63,20 @@ def _load_tile(ptr, rows, cols, row_stride, mask):
 
 
 @triton.jit
+def _chunk_mixing(retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid):
+    """Chunk c's mixing coefficients: D, c, γ = Γ[n−1], π (rows of n), and the scalars D_n, c_n, A_n."""
+    gate = bh * n_chunks * chunk + c * chunk
+    retain = tl.load(retain_ptr + gate + offs_n, mask=valid, other=0.0)
+    carry = tl.load(carry_ptr + gate + offs_n, mask=valid, other=0.0)
+    gamma = tl.load(mix_ptr + (gate + chunk - 1) * chunk + offs_n, mask=valid, other=0.0)
+    pi = tl.load(pi_ptr + gate + offs_n, mask=valid, other=0.0)
+    d_n = tl.load(retain_ptr + gate + chunk - 1)
+    c_n = tl.load(carry_ptr + gate + chunk - 1)
+    a_n = tl.load(a_last_ptr + bh * n_chunks + c)
+    return gate, retain, carry, gamma, pi, d_n, c_n, a_n
+
+
+@triton.jit
 def _key_path(
     k, v, w1_ptr, w2_ptr, offs_d, offs_e, D: tl.constexpr, E: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr
 ):
@@ -105,14 +119,9 @@ def memory_forward_kernel(
         seq = bh * T * D + c * chunk * D
         k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
         v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
-        gate = bh * n_chunks * chunk + c * chunk
-        retain = tl.load(retain_ptr + gate + offs_n, mask=valid, other=0.0)
-        carry = tl.load(carry_ptr + gate + offs_n, mask=valid, other=0.0)
-        gamma = tl.load(mix_ptr + (gate + chunk - 1) * chunk + offs_n, mask=valid, other=0.0)
-        pi = tl.load(pi_ptr + gate + offs_n, mask=valid, other=0.0)
-        d_n = tl.load(retain_ptr + gate + chunk - 1)
-        c_n = tl.load(carry_ptr + gate + chunk - 1)
-        a_n = tl.load(a_last_ptr + bh * n_chunks + c)
+        gate, retain, carry, gamma, pi, d_n, c_n, a_n = _chunk_mixing(
+            retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid
+        )
         is_ckpt = ((c - c_begin) % ckpt_every) == 0
         ckpt = ckpt_ptr + (bh * n_ckpt + (c - c_begin) // ckpt_every) * state_size
 
@@ -206,15 +215,10 @@ def memory_backward_kernel(
         k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
         v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
         dy = _load_tile(dy_ptr + seq, offs_n, offs_d, D, tile_mask)
-        gate = bh * n_chunks * chunk + c * chunk
-        retain = tl.load(retain_ptr + gate + offs_n, mask=valid, other=0.0)
-        carry = tl.load(carry_ptr + gate + offs_n, mask=valid, other=0.0)
+        gate, retain, carry, gamma, pi, d_n, c_n, a_n = _chunk_mixing(
+            retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid
+        )
         mix = _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
-        gamma = tl.load(mix_ptr + (gate + chunk - 1) * chunk + offs_n, mask=valid, other=0.0)
-        pi = tl.load(pi_ptr + gate + offs_n, mask=valid, other=0.0)
-        d_n = tl.load(retain_ptr + gate + chunk - 1)
-        c_n = tl.load(carry_ptr + gate + chunk - 1)
-        a_n = tl.load(a_last_ptr + bh * n_chunks + c)
 
         # Recompute the chunk's forward (pass A: key path; pass B: query path).
         normed, inv_std, err, delta2 = _key_path(k, v, w1_ptr, w2_ptr, offs_d, offs_e, D, E, BLOCK_E, PREC)
