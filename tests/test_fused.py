@@ -137,3 +137,12 @@ def test_triton_kernels_on_gpu(length, chunk, offset, every, precision):
     """
     tol = 2e-5 if precision == "ieee" else 1e-2
     _compare_triton(length, chunk, offset, True, True, every, precision, tol, "cuda", batch=2, d=64)
+
+
+def test_auto_never_runs_the_triton_interpreter_on_the_cpu():
+    from titans.layers.neural_memory import NeuralMemory
+
+    q = torch.zeros(1, 2, 4, 16)
+    assert NeuralMemory(32, heads=2, impl="auto")._dispatch(q) == ("chunked", "torch")
+    assert NeuralMemory(32, heads=2, impl="fused")._dispatch(q)[0] == "fused"
+    assert NeuralMemory(32, heads=2, impl="chunked")._dispatch(q) == ("chunked", "torch")

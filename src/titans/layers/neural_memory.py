@@ -256,7 +256,7 @@ class NeuralMemory(nn.Module):
         if self.impl not in ("auto", "fused"):
             return self.impl, "torch"
         reason = triton_unsupported_reason(self.depth, self.head_dim, self.head_dim * self.expansion, q.dtype, q.device)
-        if reason is None:
+        if reason is None and (q.is_cuda or self.impl == "fused"):  # "auto" never picks the Triton interpreter
             return "fused", "triton"
         return ("fused", "torch") if self.impl == "fused" else ("chunked", "torch")
 
