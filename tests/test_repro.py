@@ -22,6 +22,7 @@ from titans.models.summary import count_parameters
 from titans.repro import collect_results, load_suite, publish, run_suite, write_report, write_results
 from titans.repro.report import markers
 from titans.repro.runner import RECORD_FILE, config_changes, display_path
+from titans.training.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "configs" / "repro"
@@ -54,7 +55,8 @@ def test_lm_suite_compares_the_six_models_at_equal_parameters_and_tokens():
     configs = _planned_configs("lm")
     assert {c.model.variant for c in configs.values()} == {"transformer", "swa", "lmm", "mac", "mag", "mal"}
     assert len({_budget(c) for c in configs.values()}) == 1, "equal tokens: the same steps, batch, rows, seed"
-    assert _budget(next(iter(configs.values())))[:3] == (150, 32, 1024)
+    small = load_run_config(REPO / "configs" / "small.yaml")
+    assert _budget(next(iter(configs.values())))[:3] == (small.train.steps, 32, 1024), "configs/small.yaml"
     for name, config in configs.items():
         assert config.data.path is not None and config.data.path.endswith(BOOKS), name
         assert config.data.tokenizer == "bytes" and config.model.vocab_size == 256
