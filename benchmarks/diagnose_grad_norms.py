@@ -37,6 +37,7 @@ import argparse
 import functools
 import gzip
 import json
+import lzma
 import math
 import re
 import time
@@ -84,11 +85,13 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def sample_bytes() -> Tensor:
-    """The train split of the bundled sample corpus as one byte tensor."""
-    with gzip.open(sample_corpus_path(), "rt", encoding="utf-8") as f:
+def corpus_bytes(path: str | None) -> Tensor:
+    """The train split of a JSONL corpus (.gz/.xz; default: the bundled sample) as one byte tensor."""
+    path = path or str(sample_corpus_path())
+    opener: Any = lzma.open if path.endswith(".xz") else gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         books = [json.loads(line) for line in f]
-    text = "\n\n".join(b["text"] for b in books if b["split"] == "train").encode("utf-8")
+    text = "\n\n".join(b["text"] for b in books if b.get("split", "train") == "train").encode("utf-8")
     return torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
 
 
@@ -208,7 +211,9 @@ def chain_growth(memory: NeuralMemory, x: Tensor, seed: int = 0) -> Tensor:
     state = memory.initial_state(x.shape[0], x.device, q.dtype).recurrent
     assert state.momentum is not None, "chain_growth expects a memory with momentum"
     generator = torch.Generator().manual_seed(seed)
-    tangent = [torch.randn(w.shape, generator=generator, dtype=w.dtype) for w in (*state.weights, *state.momentum)]
+    tangent = [
+        torch.randn(w.shape, generator=generator, dtype=w.dtype).to(w.device) for w in (*state.weights, *state.momentum)
+    ]
     growth = []
     for start in range(0, x.shape[1], chunk):
         piece = slice(start, start + chunk)
@@ -285,7 +290,7 @@ def print_trace(recorder: MemoryRecorder, every_chunk: int) -> None:
     for name, memory in recorder.memories.items():
         if name not in recorder.inputs:
             continue
-        x = recorder.sequence(name)
+        x = recorder.sequence(name).to(memory.to_keys.weight.dtype)  # autocast: the layer saw bf16
         print(f"    [{name}] input rms {x.pow(2).mean().sqrt().item():.3g}, {x.shape[1]} tokens")
         for key, value in trace_memory(memory, x).items():
             if isinstance(value, list) and value and isinstance(value[0], list):
@@ -324,24 +329,35 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trace-chunks", type=int, default=4, help="print every N-th chunk of per-chunk lists")
     p.add_argument("--top", type=int, default=4, help="largest single-parameter gradient norms to print")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a training YAML: the trainer's model, data, batches, optimizer, schedule",
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="with --config: key=value overrides")
+    p.add_argument("--data", default=None, help="a JSONL corpus (.xz/.gz) instead of the bundled sample")
+    p.add_argument("--autocast", action="store_true", help="bf16 autocast around the forward (as the trainer on CUDA)")
+    p.add_argument("--impl", default=None, help="the memory's impl (auto/fused/chunked/reference)")
+    p.add_argument("--schedule-steps", type=int, default=None, help="length of the cosine schedule (default --steps)")
+    p.add_argument("--trace-at", type=int, nargs="*", default=[], help="also trace the memory at these steps")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def build_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, Any, Any]:
+    """Model, optimizer, batch(step) and lr(step) from the command-line shape and the bundled sample (or --data)."""
     overrides: dict[str, Any] = dict(
         depth=args.depth, dim=args.dim, heads=args.heads, mlp_hidden=args.mlp_hidden, check_inputs=False
     )
     if args.max_lr is not None:
         overrides["max_lr"] = args.max_lr
+    if args.impl is not None:
+        overrides["impl"] = args.impl
     if args.cut_chain:
         overrides["impl"] = "chunked"
-        cut_chain()
     config = preset("small", args.variant, **overrides)
-    model = TitansLM(config).to(getattr(torch, args.dtype))
+    model = TitansLM(config).to(device=torch.device(args.device), dtype=getattr(torch, args.dtype))
     forget_bias, last_std = (OLD_FORGET_BIAS, "fan-in") if args.init == "old" else (None, None)
     reinitialise(model, args.forget_bias if args.forget_bias is not None else forget_bias, args.last_std or last_std)
     print(
@@ -351,16 +367,57 @@ def main() -> None:
         f"{args.dtype}{'; chunk chain cut' if args.cut_chain else ''}"
     )
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.95))
-    data = sample_bytes()
+    data = corpus_bytes(args.data)
     generator = torch.Generator().manual_seed(args.seed)
+    schedule = args.schedule_steps or args.steps
+    return (
+        model,
+        optimizer,
+        lambda step: batch(data, args.batch, args.seq_len, generator),
+        lambda step: learning_rate(step, args.lr, args.warmup, schedule),
+    )
+
+
+def build_from_config(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, Any, Any]:
+    """The trainer's own model, optimizer, batches and schedule for a training YAML (one process)."""
+    from titans.training.config import load_run_config
+    from titans.training.trainer import TrainBatches, build_optimizer, load_training_data
+    from titans.training.trainer import learning_rate as trainer_lr
+
+    config = load_run_config(args.config, args.overrides)
+    if args.cut_chain:
+        config.model.impl = "chunked"
+    torch.manual_seed(config.train.seed)
+    model = TitansLM(config.model).to(torch.device(args.device))
+    train_rows, _ = load_training_data(config)
+    batches = TrainBatches(train_rows, config.train.batch_size, config.train.seed)
+    print(f"{config.model.variant.upper()} from {args.config} {' '.join(args.overrides)}: {config.model}")
+    return (
+        model,
+        build_optimizer(model, config.train),
+        lambda step: (lambda b: (b.input_ids, b.labels))(batches.batch(step)),
+        lambda step: trainer_lr(step, config.train),
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.cut_chain:
+        cut_chain()
+    model, optimizer, next_batch, lr_at = (build_from_config if args.config else build_from_args)(args)
+    device = torch.device(args.device)
     recorder = MemoryRecorder(model)
     params = dict(model.named_parameters())
     history: list[float] = []
+    jumps = 0
     started = time.perf_counter()
     for step in range(args.steps):
         recorder.clear()
-        inputs, labels = batch(data, args.batch, args.seq_len, generator)
-        loss = model(inputs, labels=labels).loss
+        inputs, labels = (t.to(device) for t in next_batch(step))
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.autocast):
+            loss = model(inputs, labels=labels).loss
         assert loss is not None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -373,19 +430,23 @@ def main() -> None:
         ordered = sorted(groups.items(), key=lambda kv: -kv[1])
         print(
             f"step {step:3d} loss {loss.item():.4f} |g| {total:9.4g}  "
-            + " ".join(f"{k}={math.sqrt(v):.3g}" for k, v in ordered[:6])
+            + " ".join(f"{k}={math.sqrt(v):.3g}" for k, v in ordered[:6]),
+            flush=True,
         )
         if args.top:
             top = sorted(per_param.items(), key=lambda kv: -kv[1])[: args.top]
             print("         top: " + ", ".join(f"{n} {g:.3g}" for n, g in top))
-        jumped = step > 0 and total > 3 * min(history[:-1][-5:])
-        if args.trace_every and (step % args.trace_every == 0 or jumped or step == args.steps - 1):
+        jumped = step > 0 and total > 3 * min(history[:-1][-5:]) and jumps < 3  # trace the first 3 jumps
+        jumps += jumped
+        periodic = args.trace_every and (step % args.trace_every == 0 or step == args.steps - 1)
+        if periodic or jumped or step in args.trace_at:
             print(f"  memory trace at step {step}{' (gradient norm jumped)' if jumped else ''}:")
             print_trace(recorder, args.trace_chunks)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps)
-        optimizer.step()
+            group["lr"] = lr_at(step)
+        if torch.isfinite(norm):
+            optimizer.step()
     finite = [h for h in history if math.isfinite(h)]
     median = sorted(finite)[len(finite) // 2] if finite else float("nan")
     print(
