@@ -55,13 +55,14 @@ def ours(
     compile_step: bool,
     graph: bool = False,
     checkpoint_chunks: int = 0,
+    depth: int = 2,
 ):
     from titans import NeuralMemory
 
     mem = NeuralMemory(
         dim,
         heads=heads,
-        depth=2,
+        depth=depth,
         expansion=4,
         chunk_size=chunk,
         impl=impl,  # type: ignore[arg-type]
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[2048])
     p.add_argument("--batch-tokens", type=int, default=0, help="if set, batch = batch_tokens // length")
     p.add_argument("--chunks", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--depth", type=int, default=2, help="memory depth (1: the linear memory)")
     p.add_argument("--impls", nargs="+", default=["chunked"])
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd chunk step")
     p.add_argument("--checkpoint-chunks", type=int, default=0, help="keep the state every G chunks for backward")
@@ -161,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                 variants += [(True, True)] * (args.compile and args.graph)
                 for compiled, graph in variants:
                     tag = "+compile" * compiled + "+graph" * graph
-                    name = f"titans {impl}{tag} chunk {chunk}, {shape}"
+                    name = f"titans {impl}{tag} depth {args.depth} chunk {chunk}, {shape}"
                     build = functools.partial(
-                        ours, impl, args.dim, args.heads, chunk, batch, length, compiled, graph, args.checkpoint_chunks
-                    )
+                        ours, impl, args.dim, args.heads, chunk, batch, length, compiled, graph, args.checkpoint_chunks,
+                        args.depth,
+                    )  # fmt: skip
                     rows.append(measure(name, build, tokens, args.repeat))
                     print(rows[-1], flush=True)
             if args.anchors:

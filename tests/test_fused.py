@@ -90,53 +90,63 @@ def _assert_close_scaled(actual, expected, fp32, tol, names):
         assert err <= bound, f"{name}: max error {err:.3e} > allowed {bound:.3e} (fp32 chunked: {_max_error(c, b):.3e})"
 
 
-NAMES = ["y", "W1", "W2", "S1", "S2"]
-GRAD_NAMES = ["q", "k", "v", "lr", "log_momentum", "log_retain", "M0_1", "M0_2"]
-TRITON_CASES = [  # length, chunk, offset, momentum, decay, checkpoint_every
-    (48, 16, 0, True, True, 1),
-    (40, 8, 3, True, True, 2),
-    (36, 6, 0, False, True, 4),
+def _names(depth: int, momentum: bool) -> tuple[list[str], list[str]]:
+    """Names of the compared outputs (y, W…, S…) and gradients (inputs, gates, M_0 layers)."""
+    layers = [str(i + 1) for i in range(depth)] if depth > 1 else [""]
+    names = ["y", *(f"W{i}" for i in layers), *((f"S{i}" for i in layers) if momentum else ())]
+    gates = ["lr", "log_momentum", "log_retain"] if momentum else ["lr", "log_retain"]
+    return names, ["q", "k", "v", *gates, *(f"M0{i}" for i in layers)]
+
+
+TRITON_CASES = [  # depth, length, chunk, offset, momentum, decay, checkpoint_every
+    (2, 48, 16, 0, True, True, 1),
+    (2, 40, 8, 3, True, True, 2),
+    (2, 36, 6, 0, False, True, 4),
+    (1, 48, 16, 0, True, True, 1),
+    (1, 43, 8, 3, True, True, 2),
+    (1, 36, 6, 0, False, True, 4),
 ]
 
 
-def _compare_triton(length, chunk, offset, momentum, decay, every, precision, tol, device, batch=1, d=16):
+def _compare_triton(depth, length, chunk, offset, momentum, decay, every, precision, tol, device, batch=1, d=16):
     """Triton (fp32 state) against the float64 chunked path, allowed the larger of ``tol`` × scale and 3× the
     error of the exact fp32 chunked path (the recurrence amplifies rounding, whichever path rounds)."""
     kw = {"momentum": momentum, "decay": decay, "d": d, "expansion": 4, "batch": batch}
     expected, expected_grads, _ = _run(
-        memory_recurrence_chunked, *_inputs(2, length, device=device, **kw), chunk, offset
+        memory_recurrence_chunked, *_inputs(depth, length, device=device, **kw), chunk, offset
     )
-    args32 = _inputs(2, length, dtype=torch.float32, device=device, **kw)
+    args32 = _inputs(depth, length, dtype=torch.float32, device=device, **kw)
     fp32, fp32_grads, _ = _run(memory_recurrence_chunked, *args32, chunk, offset)
     actual, grads, _ = _run(
         memory_recurrence_fused, *args32, chunk, offset, backend="triton", checkpoint_every=every, precision=precision
     )
-    names = NAMES if momentum else NAMES[:3]
-    grad_names = GRAD_NAMES if momentum else [n for n in GRAD_NAMES if n != "log_momentum"]
+    names, grad_names = _names(depth, momentum)
+    assert len(names) == len(actual) and len(grad_names) == len(grads)
     _assert_close_scaled(actual, expected, fp32, tol, names)
     _assert_close_scaled(grads, expected_grads, fp32_grads, 10 * tol, grad_names)
 
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
-@pytest.mark.parametrize(("length", "chunk", "offset", "momentum", "decay", "every"), TRITON_CASES)
-def test_triton_backend_matches_chunked(length, chunk, offset, momentum, decay, every):
+@pytest.mark.parametrize(("depth", "length", "chunk", "offset", "momentum", "decay", "every"), TRITON_CASES)
+def test_triton_backend_matches_chunked(depth, length, chunk, offset, momentum, decay, every):
     """Tiny shapes: interpreted on the CPU, compiled on a GPU; exact fp32 products (relative error ~1e-5)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _compare_triton(length, chunk, offset, momentum, decay, every, "ieee", 2e-5, device)
+    _compare_triton(depth, length, chunk, offset, momentum, decay, every, "ieee", 2e-5, device)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
+@pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize(("length", "chunk", "offset", "every"), [(120, 16, 0, 3), (160, 64, 5, 1)])
-def test_triton_kernels_on_gpu(length, chunk, offset, every, precision):
+def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision):
     """The benchmark's head size (64, hidden 256), compiled, in fp32 and in tf32 products.
 
     Short sequences on purpose: with random gates the recurrence is chaotic — the fp32 chunked path itself
     drifts from float64 by O(1) after ~500 tokens — so only short stretches can be compared to float64.
     """
     tol = 2e-5 if precision == "ieee" else 1e-2
-    _compare_triton(length, chunk, offset, True, True, every, precision, tol, "cuda", batch=2, d=64)
+    _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", batch=2, d=64)
 
 
 def test_auto_never_runs_the_triton_interpreter_on_the_cpu():
@@ -146,3 +156,14 @@ def test_auto_never_runs_the_triton_interpreter_on_the_cpu():
     assert NeuralMemory(32, heads=2, impl="auto")._dispatch(q) == ("chunked", "torch")
     assert NeuralMemory(32, heads=2, impl="fused")._dispatch(q)[0] == "fused"
     assert NeuralMemory(32, heads=2, impl="chunked")._dispatch(q) == ("chunked", "torch")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_selects_the_triton_kernels_of_gpu_tested_depths_only():
+    from titans.layers.neural_memory import AUTO_TRITON_DEPTHS, NeuralMemory
+
+    q = torch.zeros(1, 2, 4, 16, device="cuda")
+    for depth in (1, 2):
+        expected = ("fused", "triton") if depth in AUTO_TRITON_DEPTHS else ("chunked", "torch")
+        assert NeuralMemory(32, heads=2, depth=depth, impl="auto")._dispatch(q) == expected
+        assert NeuralMemory(32, heads=2, depth=depth, impl="fused")._dispatch(q) == ("fused", "triton")

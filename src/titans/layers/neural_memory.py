@@ -18,6 +18,9 @@ from titans.ops.recurrence import RECURRENCES, RecurrentState, memory_recurrence
 Impl = Literal["auto", "fused", "chunked", "reference"]
 IMPLS = ("auto", "fused", "chunked", "reference")
 FUSED_CHECKPOINT_CHUNKS = 8  # the fused path's default: keep the state every 8 chunks for backward
+# Memory depths whose Triton kernels passed the gradient tests on an H100 (not only in the interpreter): the ones
+# impl="auto" selects. impl="fused" runs the depth-1 kernels too (interpreter-tested, compiled for sm_90).
+AUTO_TRITON_DEPTHS = (2,)
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,9 @@ class NeuralMemory(nn.Module):
         if self.impl not in ("auto", "fused"):
             return self.impl, "torch"
         reason = triton_unsupported_reason(self.depth, self.head_dim, self.head_dim * self.expansion, q.dtype, q.device)
-        if reason is None and (q.is_cuda or self.impl == "fused"):  # "auto" never picks the Triton interpreter
+        if self.impl == "fused" and reason is None:
+            return "fused", "triton"
+        if reason is None and q.is_cuda and self.depth in AUTO_TRITON_DEPTHS:  # never the Triton interpreter
             return "fused", "triton"
         return ("fused", "torch") if self.impl == "fused" else ("chunked", "torch")
 

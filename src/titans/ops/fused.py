@@ -4,7 +4,7 @@
 :func:`titans.ops.recurrence.memory_recurrence_chunked`. A partial chunk at the start (a state that stopped
 mid-chunk) and at the end run through the chunked path; the whole chunks in between run through
 ``_FusedChunks``, whose backward is :func:`titans.ops.chunk_vjp.chunk_backward` (``backend="torch"``) or the
-Triton kernels of :mod:`titans.ops.fused_kernels` (``backend="triton"``, depth 2). Neither keeps a copy of the
+Triton kernels of :mod:`titans.ops.fused_kernels` (``backend="triton"``, depth 1 and 2). Neither keeps a copy of the
 state per chunk: the forward stores the state every ``checkpoint_every`` chunks and the backward recomputes
 the states in between, one stretch at a time, last stretch first.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -47,8 +47,8 @@ def triton_unsupported_reason(
         return "Triton is not installed"
     if device.type != "cuda" and not triton_interpreting():
         return f"the tensors are on {device.type}, not CUDA (set TRITON_INTERPRET=1 to interpret the kernels)"
-    if depth != 2:
-        return f"the kernels are written for memory depth 2, this memory has depth {depth}"
+    if depth not in (1, 2):
+        return f"the kernels are written for memory depth 1 and 2, this memory has depth {depth}"
     if dtype != torch.float32:
         return f"the kernels keep the state in float32, the inner dtype is {dtype}"
     if head_dim < 16 or head_dim & (head_dim - 1):
@@ -115,9 +115,10 @@ def _torch_backward(q, k, v, mix: Mixing, checkpoints, grad_y, grad_state: list[
     return grads_q, grads_k, grads_v, Mixing(*grads_mix), grad_w + grad_s
 
 
-def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, backward: bool) -> dict:
+def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, backward: bool, depth: int) -> dict:
     """Block sizes: the whole chunk (≥ 16 rows) and a block of the hidden width that fits shared memory
-    (228 KB on Hopper: the backward at 64-row chunks needs 16-column blocks)."""
+    (228 KB on Hopper: the backward at 64-row chunks needs 16-column blocks). Depth 1 holds its D × D state
+    (and in the backward its gradient) in registers: 8 warps, where 4 spill (ptxas, sm_90, D = 64)."""
     block_n = max(16, 1 << (n - 1).bit_length())
     widest = (16 if block_n > 32 else 32) if backward else (32 if block_n > 32 else 64)
     env = os.environ.get
@@ -128,57 +129,73 @@ def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, ba
         "BLOCK_N": block_n,
         "BLOCK_E": block_e,
         "PREC": precision,
-        "num_warps": int(env("TITANS_FUSED_WARPS", 4)),
+        "num_warps": int(env("TITANS_FUSED_WARPS", 8 if depth == 1 else 4)),
         "num_stages": int(env("TITANS_FUSED_STAGES", 1)),
     }
 
 
-def _triton_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, precision: Precision):
-    from titans.ops.fused_kernels import memory_forward_kernel
+def _kernel(q: Tensor, n: int, hidden: int, precision: Precision, depth: int, backward: bool) -> tuple[Any, dict]:
+    """The forward or backward kernel of a memory depth and its launch arguments (depth 1 keeps its D × D state
+    in registers: it takes no hidden blocks)."""
+    from titans.ops import fused_kernels as kernels
 
+    launch = _triton_launch_args(q, n, hidden, precision, backward, depth)
+    if depth == 1:
+        linear = kernels.linear_memory_backward_kernel if backward else kernels.linear_memory_forward_kernel
+        return linear, {key: value for key, value in launch.items() if key not in ("E", "BLOCK_E")}
+    return (kernels.memory_backward_kernel if backward else kernels.memory_forward_kernel), launch
+
+
+# The checkpoint buffers hold [W1, S1, W2, S2] (depth 2) or [W, S] (depth 1) per slot; the kernels take the
+# state as W…, S…: the slot order of each state tensor.
+CHECKPOINT_ORDER = {1: (0, 1), 2: (0, 2, 1, 3)}
+
+
+def _triton_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, precision: Precision):
     batch, heads, length, d = q.shape
+    depth = len(state) // 2
     bh, n_chunks, hidden = batch * heads, length // n, state[0].shape[-1]
-    work = [s.reshape(bh, *s.shape[2:]).clone() for s in state]  # W1, W2, S1, S2 (working copies, fp32)
+    work = [s.reshape(bh, *s.shape[2:]).clone() for s in state]  # W…, S… (working copies, fp32)
     n_ckpt = -(-n_chunks // every) if keep else 1
-    ckpt = q.new_empty(bh, n_ckpt, 4 * d * hidden)
+    ckpt = q.new_empty(bh, n_ckpt, 2 * depth * d * hidden)
     y = torch.empty_like(q)
-    memory_forward_kernel[(bh,)](
+    kernel, launch = _kernel(q, n, hidden, precision, depth, backward=False)
+    kernel[(bh,)](
         q, k, v, y, *mix, *work, ckpt,
         length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt,
-        WRITE_Y=True, **_triton_launch_args(q, n, hidden, precision, backward=False),
+        WRITE_Y=True, **launch,
     )  # fmt: skip
     final = [w.view(batch, heads, *w.shape[1:]) for w in work]
     return y, final, ckpt
 
 
 def _triton_backward(q, k, v, mix: Mixing, ckpt: Tensor, grad_y, grad_state, n: int, every: int, precision: Precision):
-    from titans.ops.fused_kernels import memory_backward_kernel, memory_forward_kernel
-
     batch, heads, length, d = q.shape
+    depth = len(grad_state) // 2
     bh, n_chunks, hidden = batch * heads, length // n, grad_state[0].shape[-1]
-    launch = _triton_launch_args(q, n, hidden, precision, backward=True)
-    recompute = _triton_launch_args(q, n, hidden, precision, backward=False)
+    backward, launch = _kernel(q, n, hidden, precision, depth, backward=True)
+    forward, recompute = _kernel(q, n, hidden, precision, depth, backward=False)
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_mix = Mixing(*(torch.empty_like(m) for m in mix))
-    carried = [g.reshape(bh, *g.shape[2:]).contiguous().clone() for g in grad_state]  # dW1, dW2, dS1, dS2
-    scratch = q.new_empty(bh, launch["BLOCK_N"], hidden)
-    stretch = q.new_empty(bh, every, 4 * d * hidden)
-    de = d * hidden
+    carried = [g.reshape(bh, *g.shape[2:]).contiguous().clone() for g in grad_state]  # dW…, dS…
+    scratch = [q.new_empty(bh, launch["BLOCK_N"], hidden)] if depth == 2 else []  # ∂/∂H known before dZ
+    stretch = q.new_empty(bh, every, 2 * depth * d * hidden)
+    size = d * hidden
     for group in reversed(range(ckpt.shape[1])):
         first, last = group * every, min(n_chunks, (group + 1) * every)
         if every == 1:
             states, n_states = ckpt[:, group:], ckpt.shape[1]
         else:  # the state at the start of every chunk of the stretch, recomputed from its checkpoint
             start = ckpt[:, group]
-            work = [start[:, i * de : (i + 1) * de].clone() for i in (0, 2, 1, 3)]  # [W1, S1, W2, S2] → W1, W2, S1, S2
-            memory_forward_kernel[(bh,)](
+            work = [start[:, i * size : (i + 1) * size].clone() for i in CHECKPOINT_ORDER[depth]]
+            forward[(bh,)](
                 q, k, v, q, *mix, *work, stretch,
                 length, n, n_chunks, first, last, 1, every,
                 WRITE_Y=False, **recompute,
             )  # fmt: skip
             states, n_states = stretch, every
-        memory_backward_kernel[(bh,)](
-            q, k, v, grad_y, grad_q, grad_k, grad_v, *mix, *grad_mix, states, *carried, scratch,
+        backward[(bh,)](
+            q, k, v, grad_y, grad_q, grad_k, grad_v, *mix, *grad_mix, states, *carried, *scratch,
             length, n, n_chunks, first, last, n_states,
             **launch,
         )  # fmt: skip

@@ -391,3 +391,150 @@ def memory_backward_kernel(
         d_mix += tl.where(last[:, None], d_gamma[None, :], 0.0)
         tl.store(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, mask=pair_mask)
         tl.debug_barrier()  # the next (earlier) chunk reads the state gradients written here
+
+
+# --------------------------------------------------------------------------------------------------
+# Depth 1: a linear memory M(x) = x W (with η = 0, Gated DeltaNet). The state (D × D) stays in registers.
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_square(ptr, offs_d, D: tl.constexpr):
+    return tl.load(ptr + offs_d[:, None] * D + offs_d[None, :])
+
+
+@triton.jit
+def linear_memory_forward_kernel(
+    q_ptr, k_ptr, v_ptr, y_ptr,  # (BH, T, D)
+    retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr,  # as in memory_forward_kernel
+    w_ptr, s_ptr,  # state (BH, D, D): in = entering state, out = final
+    ckpt_ptr,  # (BH, n_ckpt, 2·D·D): [W, S] at the start of chunks c_begin, c_begin + ckpt_every, …
+    T, chunk, n_chunks, c_begin, c_end, ckpt_every, n_ckpt,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, WRITE_Y: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Err = K W − V = Δ;  Y = D ⊙ (Q W) + c ⊙ (Q S) − ((Q Kᵀ) ⊙ Γ) Δ;  W' = D_n W + c_n S − Kᵀ(γ⊙Δ),
+    S' = A_n S − Kᵀ(π⊙Δ) (chunk_vjp.chunk_forward at depth 1)."""
+    bh = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    valid = offs_n < chunk
+    tile_mask = valid[:, None]
+    pair_mask = valid[:, None] & valid[None, :]
+    square = offs_d[:, None] * D + offs_d[None, :]
+    w = _load_square(w_ptr + bh * D * D, offs_d, D)
+    s = _load_square(s_ptr + bh * D * D, offs_d, D)
+    for c in range(c_begin, c_end):
+        seq = bh * T * D + c * chunk * D
+        k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
+        v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
+        gate, retain, carry, gamma, pi, d_n, c_n, a_n = _chunk_mixing(
+            retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid
+        )
+        if ((c - c_begin) % ckpt_every) == 0:
+            ckpt = ckpt_ptr + (bh * n_ckpt + (c - c_begin) // ckpt_every) * 2 * D * D
+            tl.store(ckpt + square, w)
+            tl.store(ckpt + D * D + square, s)
+        delta = tl.where(tile_mask, tl.dot(k, w, input_precision=PREC) - v, 0.0)
+        if WRITE_Y:
+            q = _load_tile(q_ptr + seq, offs_n, offs_d, D, tile_mask)
+            mix = _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
+            scores = tl.dot(q, tl.trans(k), input_precision=PREC) * mix
+            y = (
+                retain[:, None] * tl.dot(q, w, input_precision=PREC)
+                + carry[:, None] * tl.dot(q, s, input_precision=PREC)
+                - tl.dot(scores, delta, input_precision=PREC)
+            )
+            tl.store(y_ptr + seq + offs_n[:, None] * D + offs_d[None, :], y, mask=tile_mask)
+        k_t = tl.trans(k)
+        new_w = d_n * w + c_n * s - tl.dot(k_t, gamma[:, None] * delta, input_precision=PREC)
+        s = a_n * s - tl.dot(k_t, pi[:, None] * delta, input_precision=PREC)
+        w = new_w
+    tl.store(w_ptr + bh * D * D + square, w)
+    tl.store(s_ptr + bh * D * D + square, s)
+
+
+@triton.jit
+def linear_memory_backward_kernel(
+    q_ptr, k_ptr, v_ptr, dy_ptr, dq_ptr, dk_ptr, dv_ptr,  # (BH, T, D)
+    retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr,  # as in the forward kernel
+    d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr,  # their gradients, same shapes
+    states_ptr,  # (BH, n_states, 2·D·D): the state at the start of chunk c_begin + j in slot j
+    dw_ptr, ds_ptr,  # carried state gradients (BH, D, D), updated in place
+    T, chunk, n_chunks, c_begin, c_end, n_states,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """A stretch of chunks in reverse: chunk_vjp.chunk_backward at depth 1, the state gradients in registers."""
+    bh = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    valid = offs_n < chunk
+    tile_mask = valid[:, None]
+    pair_mask = valid[:, None] & valid[None, :]
+    square = offs_d[:, None] * D + offs_d[None, :]
+    dw = _load_square(dw_ptr + bh * D * D, offs_d, D)
+    ds = _load_square(ds_ptr + bh * D * D, offs_d, D)
+    for step in range(0, c_end - c_begin):
+        c = c_end - 1 - step
+        state = states_ptr + (bh * n_states + c - c_begin) * 2 * D * D
+        w = _load_square(state, offs_d, D)
+        s = _load_square(state + D * D, offs_d, D)
+        seq = bh * T * D + c * chunk * D
+        q = _load_tile(q_ptr + seq, offs_n, offs_d, D, tile_mask)
+        k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
+        v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
+        dy = _load_tile(dy_ptr + seq, offs_n, offs_d, D, tile_mask)
+        gate, retain, carry, gamma, pi, d_n, c_n, a_n = _chunk_mixing(
+            retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid
+        )
+        mix = _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
+        delta = tl.where(tile_mask, tl.dot(k, w, input_precision=PREC) - v, 0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+
+        # State updates W' = D_n W + c_n S − Kᵀ(γ⊙Δ), S' = A_n S − Kᵀ(π⊙Δ).
+        d_dn = tl.sum(dw * w)
+        d_cn = tl.sum(dw * s)
+        d_an = tl.sum(ds * s)
+        k_dw = tl.dot(k, dw, input_precision=PREC)
+        k_ds = tl.dot(k, ds, input_precision=PREC)
+        d_k = -tl.dot(gamma[:, None] * delta, tl.trans(dw), input_precision=PREC)
+        d_k -= tl.dot(pi[:, None] * delta, tl.trans(ds), input_precision=PREC)
+        d_delta = -gamma[:, None] * k_dw - pi[:, None] * k_ds
+        d_gamma = -tl.sum(delta * k_dw, axis=1)
+        d_pi = -tl.sum(delta * k_ds, axis=1)
+
+        # Query path: Y = D ⊙ (Q W) + c ⊙ (Q S) − ((Q Kᵀ) ⊙ Γ) Δ.
+        d_retain = tl.sum(dy * tl.dot(q, w, input_precision=PREC), axis=1)
+        d_carry = tl.sum(dy * tl.dot(q, s, input_precision=PREC), axis=1)
+        d_scores = -tl.dot(dy, tl.trans(delta), input_precision=PREC)
+        d_mix = d_scores * qk
+        masked = d_scores * mix
+        d_delta -= tl.dot(tl.trans(qk * mix), dy, input_precision=PREC)
+        d_k += tl.dot(tl.trans(masked), q, input_precision=PREC)
+        retain_dy = retain[:, None] * dy
+        carry_dy = carry[:, None] * dy
+        d_q = (
+            tl.dot(retain_dy, tl.trans(w), input_precision=PREC)
+            + tl.dot(carry_dy, tl.trans(s), input_precision=PREC)
+            + tl.dot(masked, k, input_precision=PREC)
+        )
+        q_t = tl.trans(q)
+        new_dw = d_n * dw + tl.dot(q_t, retain_dy, input_precision=PREC)
+        ds = c_n * dw + a_n * ds + tl.dot(q_t, carry_dy, input_precision=PREC)
+
+        # Key path: Δ = K W − V.
+        d_delta = tl.where(tile_mask, d_delta, 0.0)
+        d_k += tl.dot(d_delta, tl.trans(w), input_precision=PREC)
+        dw = new_dw + tl.dot(tl.trans(k), d_delta, input_precision=PREC)
+
+        tl.store(dq_ptr + seq + offs_n[:, None] * D + offs_d[None, :], d_q, mask=tile_mask)
+        tl.store(dk_ptr + seq + offs_n[:, None] * D + offs_d[None, :], d_k, mask=tile_mask)
+        tl.store(dv_ptr + seq + offs_n[:, None] * D + offs_d[None, :], -d_delta, mask=tile_mask)
+        last = offs_n == chunk - 1
+        tl.store(d_retain_ptr + gate + offs_n, d_retain + tl.where(last, d_dn, 0.0), mask=valid)
+        tl.store(d_carry_ptr + gate + offs_n, d_carry + tl.where(last, d_cn, 0.0), mask=valid)
+        tl.store(d_pi_ptr + gate + offs_n, d_pi, mask=valid)
+        tl.store(d_a_last_ptr + bh * n_chunks + c, d_an)
+        d_mix += tl.where(last[:, None], d_gamma[None, :], 0.0)
+        tl.store(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, mask=pair_mask)
+    tl.store(dw_ptr + bh * D * D + square, dw)
+    tl.store(ds_ptr + bh * D * D + square, ds)
