@@ -34,6 +34,7 @@ gradient through the inner gradients' dependence on the chunk-start weights: a d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import json
@@ -48,6 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import titans.ops.recurrence as recurrence
 from titans.layers.neural_memory import NeuralMemory
@@ -120,6 +122,25 @@ def reinitialise(model: nn.Module, forget_bias: float | None, last_std: float | 
             if last_std is not None and memory.depth > 1:
                 last = memory.initial_weights[-1]
                 last.normal_(std=last.shape[-2] ** -0.5 if last_std == "fan-in" else float(last_std))
+
+
+class EmulatedTF32(TorchDispatchMode):
+    """Rounds both operands of every fp32 matrix product (forward and backward) to TF32 — 10 explicit mantissa
+    bits, round to nearest — as the GPU's tf32 tensor cores do: the CPU twin of the fused kernels' tf32 products."""
+
+    PRODUCTS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default})
+
+    @staticmethod
+    def round(t: Tensor) -> Tensor:
+        if t.dtype != torch.float32:
+            return t
+        bits = t.contiguous().view(torch.int32)
+        return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in self.PRODUCTS:
+            args = tuple(self.round(a) if isinstance(a, Tensor) else a for a in args)
+        return func(*args, **(kwargs or {}))
 
 
 def cut_chain() -> None:
@@ -335,6 +356,7 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="a training YAML: the trainer's model, data, batches, optimizer, schedule",
     )
+    p.add_argument("--emulate-tf32", action="store_true", help="round every fp32 matrix product's inputs to TF32")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="with --config: key=value overrides")
     p.add_argument("--data", default=None, help="a JSONL corpus (.xz/.gz) instead of the bundled sample")
     p.add_argument("--autocast", action="store_true", help="bf16 autocast around the forward (as the trainer on CUDA)")
@@ -416,11 +438,12 @@ def main() -> None:
     for step in range(args.steps):
         recorder.clear()
         inputs, labels = (t.to(device) for t in next_batch(step))
-        with torch.autocast(device.type, torch.bfloat16, enabled=args.autocast):
+        products = EmulatedTF32() if args.emulate_tf32 else contextlib.nullcontext()
+        with products, torch.autocast(device.type, torch.bfloat16, enabled=args.autocast):
             loss = model(inputs, labels=labels).loss
-        assert loss is not None
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            assert loss is not None
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         per_param = {n: p.grad.double().norm().item() for n, p in params.items() if p.grad is not None}
         groups: dict[str, float] = defaultdict(float)
         for n, g in per_param.items():

@@ -58,6 +58,14 @@ def _ln_back(normed, inv_std, g, D: tl.constexpr):
 
 
 @triton.jit
+def _chunk_offsets(chunk, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """Row and feature offsets of a chunk tile and its masks: rows (n), rows × features, rows × rows."""
+    offs_n = tl.arange(0, BLOCK_N)
+    valid = offs_n < chunk
+    return offs_n, tl.arange(0, D), valid, valid[:, None], valid[:, None] & valid[None, :]
+
+
+@triton.jit
 def _load_tile(ptr, rows, cols, row_stride, mask):
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0)
 
@@ -74,6 +82,18 @@ def _chunk_mixing(retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chu
     c_n = tl.load(carry_ptr + gate + chunk - 1)
     a_n = tl.load(a_last_ptr + bh * n_chunks + c)
     return gate, retain, carry, gamma, pi, d_n, c_n, a_n
+
+
+@triton.jit
+def _load_backward_chunk(
+    q_ptr, k_ptr, v_ptr, dy_ptr, mix_ptr, seq, gate, chunk, offs_n, offs_d, tile_mask, pair_mask, D: tl.constexpr
+):
+    """A chunk's Q, K, V, dY tiles (rows × D) and its mixing matrix Γ (rows × rows)."""
+    q = _load_tile(q_ptr + seq, offs_n, offs_d, D, tile_mask)
+    k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
+    v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
+    dy = _load_tile(dy_ptr + seq, offs_n, offs_d, D, tile_mask)
+    return q, k, v, dy, _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
 
 
 @triton.jit
@@ -94,6 +114,29 @@ def _key_path(
 
 
 @triton.jit
+def _store_chunk_grads(
+    dq_ptr, dk_ptr, dv_ptr, d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr,
+    seq, gate, bh, c, chunk, n_chunks, offs_n, offs_d, valid, pair_mask,
+    d_q, d_k, d_v, d_retain, d_carry, d_mix, d_pi, d_gamma, d_dn, d_cn, d_an, D: tl.constexpr,
+):  # fmt: skip
+    """A chunk's input and mixing-coefficient gradients. D_n, c_n and γ are the last rows of D, c and Γ: their
+    gradients (d_dn, d_cn, d_gamma) add to those rows."""
+    last = offs_n == chunk - 1
+    d_retain += tl.where(last, d_dn, 0.0)
+    d_carry += tl.where(last, d_cn, 0.0)
+    d_mix += tl.where(last[:, None], d_gamma[None, :], 0.0)
+    rows = seq + offs_n[:, None] * D + offs_d[None, :]
+    tl.store(dq_ptr + rows, d_q, mask=valid[:, None])
+    tl.store(dk_ptr + rows, d_k, mask=valid[:, None])
+    tl.store(dv_ptr + rows, d_v, mask=valid[:, None])
+    tl.store(d_retain_ptr + gate + offs_n, d_retain, mask=valid)
+    tl.store(d_carry_ptr + gate + offs_n, d_carry, mask=valid)
+    tl.store(d_pi_ptr + gate + offs_n, d_pi, mask=valid)
+    tl.store(d_a_last_ptr + bh * n_chunks + c, d_an)
+    tl.store(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, mask=pair_mask)
+
+
+@triton.jit
 def memory_forward_kernel(
     q_ptr, k_ptr, v_ptr, y_ptr,  # (BH, T, D)
     retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr,  # (BH, C, n), (BH, C, n), (BH, C, n, n), (BH, C, n), (BH, C)
@@ -104,12 +147,8 @@ def memory_forward_kernel(
     WRITE_Y: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     offs_e = tl.arange(0, BLOCK_E)
-    valid = offs_n < chunk
-    tile_mask = valid[:, None]
-    pair_mask = valid[:, None] & valid[None, :]
     w1_ptr += bh * D * E
     w2_ptr += bh * E * D
     s1_ptr += bh * D * E
@@ -189,12 +228,8 @@ def memory_backward_kernel(
     D: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     offs_e = tl.arange(0, BLOCK_E)
-    valid = offs_n < chunk
-    tile_mask = valid[:, None]
-    pair_mask = valid[:, None] & valid[None, :]
     dw1_ptr += bh * D * E
     dw2_ptr += bh * E * D
     ds1_ptr += bh * D * E
@@ -211,14 +246,12 @@ def memory_backward_kernel(
         w2_ptr = state + 2 * D * E
         s2_ptr = state + 3 * D * E
         seq = bh * T * D + c * chunk * D
-        q = _load_tile(q_ptr + seq, offs_n, offs_d, D, tile_mask)
-        k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
-        v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
-        dy = _load_tile(dy_ptr + seq, offs_n, offs_d, D, tile_mask)
         gate, retain, carry, gamma, pi, d_n, c_n, a_n = _chunk_mixing(
             retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid
         )
-        mix = _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
+        q, k, v, dy, mix = _load_backward_chunk(
+            q_ptr, k_ptr, v_ptr, dy_ptr, mix_ptr, seq, gate, chunk, offs_n, offs_d, tile_mask, pair_mask, D
+        )
 
         # Recompute the chunk's forward (pass A: key path; pass B: query path).
         normed, inv_std, err, delta2 = _key_path(k, v, w1_ptr, w2_ptr, offs_d, offs_e, D, E, BLOCK_E, PREC)
@@ -380,16 +413,11 @@ def memory_backward_kernel(
                 dw2_ptr + e0 * D + ed_tile,
                 tl.load(dw2_ptr + e0 * D + ed_tile) + tl.dot(tl.trans(act), d_z, input_precision=PREC),
             )
-        tl.store(dq_ptr + seq + offs_n[:, None] * D + offs_d[None, :], d_q, mask=tile_mask)
-        tl.store(dk_ptr + seq + offs_n[:, None] * D + offs_d[None, :], d_k, mask=tile_mask)
-        tl.store(dv_ptr + seq + offs_n[:, None] * D + offs_d[None, :], -d_err, mask=tile_mask)
-        last = offs_n == chunk - 1
-        tl.store(d_retain_ptr + gate + offs_n, d_retain + tl.where(last, d_dn, 0.0), mask=valid)
-        tl.store(d_carry_ptr + gate + offs_n, d_carry + tl.where(last, d_cn, 0.0), mask=valid)
-        tl.store(d_pi_ptr + gate + offs_n, d_pi, mask=valid)
-        tl.store(d_a_last_ptr + bh * n_chunks + c, d_an)
-        d_mix += tl.where(last[:, None], d_gamma[None, :], 0.0)
-        tl.store(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, mask=pair_mask)
+        _store_chunk_grads(
+            dq_ptr, dk_ptr, dv_ptr, d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr, seq, gate, bh, c,
+            chunk, n_chunks, offs_n, offs_d, valid, pair_mask, d_q, d_k, -d_err, d_retain, d_carry, d_mix, d_pi,
+            d_gamma, d_dn, d_cn, d_an, D,
+        )  # fmt: skip
         tl.debug_barrier()  # the next (earlier) chunk reads the state gradients written here
 
 
@@ -415,11 +443,7 @@ def linear_memory_forward_kernel(
     """Err = K W − V = Δ;  Y = D ⊙ (Q W) + c ⊙ (Q S) − ((Q Kᵀ) ⊙ Γ) Δ;  W' = D_n W + c_n S − Kᵀ(γ⊙Δ),
     S' = A_n S − Kᵀ(π⊙Δ) (chunk_vjp.chunk_forward at depth 1)."""
     bh = tl.program_id(0)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    valid = offs_n < chunk
-    tile_mask = valid[:, None]
-    pair_mask = valid[:, None] & valid[None, :]
+    offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     square = offs_d[:, None] * D + offs_d[None, :]
     w = _load_square(w_ptr + bh * D * D, offs_d, D)
     s = _load_square(s_ptr + bh * D * D, offs_d, D)
@@ -465,11 +489,7 @@ def linear_memory_backward_kernel(
 ):  # fmt: skip
     """A stretch of chunks in reverse: chunk_vjp.chunk_backward at depth 1, the state gradients in registers."""
     bh = tl.program_id(0)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    valid = offs_n < chunk
-    tile_mask = valid[:, None]
-    pair_mask = valid[:, None] & valid[None, :]
+    offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     square = offs_d[:, None] * D + offs_d[None, :]
     dw = _load_square(dw_ptr + bh * D * D, offs_d, D)
     ds = _load_square(ds_ptr + bh * D * D, offs_d, D)
@@ -479,14 +499,12 @@ def linear_memory_backward_kernel(
         w = _load_square(state, offs_d, D)
         s = _load_square(state + D * D, offs_d, D)
         seq = bh * T * D + c * chunk * D
-        q = _load_tile(q_ptr + seq, offs_n, offs_d, D, tile_mask)
-        k = _load_tile(k_ptr + seq, offs_n, offs_d, D, tile_mask)
-        v = _load_tile(v_ptr + seq, offs_n, offs_d, D, tile_mask)
-        dy = _load_tile(dy_ptr + seq, offs_n, offs_d, D, tile_mask)
         gate, retain, carry, gamma, pi, d_n, c_n, a_n = _chunk_mixing(
             retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr, bh, c, chunk, n_chunks, offs_n, valid
         )
-        mix = _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
+        q, k, v, dy, mix = _load_backward_chunk(
+            q_ptr, k_ptr, v_ptr, dy_ptr, mix_ptr, seq, gate, chunk, offs_n, offs_d, tile_mask, pair_mask, D
+        )
         delta = tl.where(tile_mask, tl.dot(k, w, input_precision=PREC) - v, 0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
 
@@ -526,15 +544,10 @@ def linear_memory_backward_kernel(
         d_k += tl.dot(d_delta, tl.trans(w), input_precision=PREC)
         dw = new_dw + tl.dot(tl.trans(k), d_delta, input_precision=PREC)
 
-        tl.store(dq_ptr + seq + offs_n[:, None] * D + offs_d[None, :], d_q, mask=tile_mask)
-        tl.store(dk_ptr + seq + offs_n[:, None] * D + offs_d[None, :], d_k, mask=tile_mask)
-        tl.store(dv_ptr + seq + offs_n[:, None] * D + offs_d[None, :], -d_delta, mask=tile_mask)
-        last = offs_n == chunk - 1
-        tl.store(d_retain_ptr + gate + offs_n, d_retain + tl.where(last, d_dn, 0.0), mask=valid)
-        tl.store(d_carry_ptr + gate + offs_n, d_carry + tl.where(last, d_cn, 0.0), mask=valid)
-        tl.store(d_pi_ptr + gate + offs_n, d_pi, mask=valid)
-        tl.store(d_a_last_ptr + bh * n_chunks + c, d_an)
-        d_mix += tl.where(last[:, None], d_gamma[None, :], 0.0)
-        tl.store(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, mask=pair_mask)
+        _store_chunk_grads(
+            dq_ptr, dk_ptr, dv_ptr, d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr, seq, gate, bh, c,
+            chunk, n_chunks, offs_n, offs_d, valid, pair_mask, d_q, d_k, -d_delta, d_retain, d_carry, d_mix, d_pi,
+            d_gamma, d_dn, d_cn, d_an, D,
+        )  # fmt: skip
     tl.store(dw_ptr + bh * D * D + square, dw)
     tl.store(ds_ptr + bh * D * D + square, ds)
