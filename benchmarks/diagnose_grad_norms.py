@@ -48,9 +48,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import titans.ops.memory_mlp as memory_mlp
 import titans.ops.recurrence as recurrence
 from titans.layers.neural_memory import NeuralMemory
 from titans.models import TitansLM, preset
@@ -356,6 +358,8 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="a training YAML: the trainer's model, data, batches, optimizer, schedule",
     )
+    p.add_argument("--model", dest="model_options", action="append", default=[], help="model field=value (no --config)")
+    p.add_argument("--ln-eps", type=float, default=None, help="the memory LayerNorm's ε (chunked path only)")
     p.add_argument("--emulate-tf32", action="store_true", help="round every fp32 matrix product's inputs to TF32")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="with --config: key=value overrides")
     p.add_argument("--data", default=None, help="a JSONL corpus (.xz/.gz) instead of the bundled sample")
@@ -374,6 +378,9 @@ def build_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Op
     )
     if args.max_lr is not None:
         overrides["max_lr"] = args.max_lr
+    for option in args.model_options:
+        key, _, value = option.partition("=")
+        overrides[key] = yaml.safe_load(value)
     if args.impl is not None:
         overrides["impl"] = args.impl
     if args.cut_chain:
@@ -428,6 +435,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     if args.cut_chain:
         cut_chain()
+    if args.ln_eps is not None:  # read at call time by memory_mlp.layer_norm / layer_norm_backward
+        memory_mlp.LAYER_NORM_EPS = args.ln_eps
     model, optimizer, next_batch, lr_at = (build_from_config if args.config else build_from_args)(args)
     device = torch.device(args.device)
     recorder = MemoryRecorder(model)
