@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from titans.config_io import ConfigError
+from titans.plotting import pyplot, save_figure
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "results.md"
@@ -213,21 +214,12 @@ def _run_details(run: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_final_bits(results: dict[str, Any], path: Path) -> Path | None:
     """A bar per finished run: its held-out bits per byte (None when no run has finished)."""
     done = _done(results)
     if not done:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(max(5.0, 1.1 * len(done) + 2), 4.5))
     labels = [run.get("label") or run["name"] for run in done]
     values = [run["bits"] for run in done]
@@ -240,10 +232,7 @@ def plot_final_bits(results: dict[str, Any], path: Path) -> Path | None:
     axes.set_title(f"{results['suite']['name']}: held-out {_unit_words(results.get('unit') or 'bits_per_byte')}")
     axes.set_ylim(0, max(values) * 1.12)
     axes.grid(True, axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_bits_by_position(results: dict[str, Any], path: Path) -> Path | None:
@@ -253,7 +242,7 @@ def plot_bits_by_position(results: dict[str, Any], path: Path) -> Path | None:
     curves = [(run, curve) for run, curve in curves if curve]
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     for index, (run, curve) in enumerate(curves):
         centres = [max((point["start"] + point["end"]) / 2, 1) for point in curve]
@@ -273,10 +262,7 @@ def plot_bits_by_position(results: dict[str, Any], path: Path) -> Path | None:
     )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_validation_curves(results: dict[str, Any], path: Path) -> Path | None:
@@ -288,7 +274,7 @@ def plot_validation_curves(results: dict[str, Any], path: Path) -> Path | None:
             curves.append((run, curve))
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     use_tokens = all(point.get("tokens") is not None for _, curve in curves for point in curve)
     for index, (run, curve) in enumerate(curves):
@@ -300,10 +286,7 @@ def plot_validation_curves(results: dict[str, Any], path: Path) -> Path | None:
     axes.set_title(f"{results['suite']['name']}: validation during training")
     axes.grid(True, alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def draw_plots(results: dict[str, Any], out_dir: str | Path) -> list[Path]:

@@ -10,28 +10,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    _pyplot().close(figure)
-    return path
+from titans.plotting import pyplot, save_figure
 
 
 def plot_training_curve(records: Iterable[Mapping[str, Any]], path: str | Path, title: str = "training") -> Path:
     """Training loss (left axis) and the validation metrics present (``val_accuracy``, ``val_loss``) by step."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = list(records)
     figure, loss_axis = plt.subplots(figsize=(7, 4))
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
@@ -55,14 +39,14 @@ def plot_training_curve(records: Iterable[Mapping[str, Any]], path: str | Path, 
     if handles:
         loss_axis.legend(handles, labels, loc="center right")
     loss_axis.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_accuracy_by_group(
     groups: Mapping[str, Mapping[str, Any]], path: str | Path, xlabel: str, title: str = "accuracy"
 ) -> Path:
     """A bar per group (``{"64": {"accuracy": 0.9, "num_samples": 300, ...}, ...}``), labelled with n."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(groups)
     values = [groups[name].get("accuracy") for name in names]
     heights = [0.0 if value is None else float(value) for value in values]
@@ -77,7 +61,7 @@ def plot_accuracy_by_group(
     axis.set_xlabel(xlabel)
     axis.set_ylabel("accuracy")
     axis.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_heatmap(
@@ -93,7 +77,7 @@ def plot_heatmap(
     """
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = list(grid)
     columns: list[str] = []
     for row in rows:
@@ -114,7 +98,7 @@ def plot_heatmap(
     axis.set_ylabel(row_label)
     axis.set_title(title)
     figure.colorbar(image, ax=axis, label="accuracy")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _annotate(axis: Any, values: Any) -> None:

@@ -10,19 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from titans.plotting import pyplot, save_figure
 from titans.training.metrics import METRICS_FILE, read_metrics
 
 PLOTS_DIR = "plots"
 CURVES_FILE = "loss_curves.png"
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _unit_label(unit: str) -> str:
@@ -36,7 +28,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> Path | No
     if not train and not valid:
         return None
     unit = next((r["unit"] for r in records if "unit" in r), "bits_per_token")
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     if train:
         axes.plot([r["step"] for r in train], [float(r["loss"]) / math.log(2) for r in train], label="train", alpha=0.6)
@@ -47,10 +39,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> Path | No
     axes.set_title("Training and validation loss")
     axes.grid(True, alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_position_curve(result: dict[str, Any], path: Path, train_seq_len: int | None = None) -> Path | None:
@@ -59,7 +48,7 @@ def plot_position_curve(result: dict[str, Any], path: Path, train_seq_len: int |
     curve = positions.get("curve") or []
     if not curve:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     centres = [(point["start"] + point["end"]) / 2 for point in curve]
     axes.plot(
@@ -78,10 +67,7 @@ def plot_position_curve(result: dict[str, Any], path: Path, train_seq_len: int |
     axes.set_title(f"Loss by position ({result.get('split', '')}, {positions['documents']} document(s))")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def draw_run_plots(run_dir: Path) -> list[Path]:
