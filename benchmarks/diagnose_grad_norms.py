@@ -356,7 +356,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--config",
         default=None,
-        help="a training YAML: the trainer's model, data, batches, optimizer, schedule",
+        help="a training YAML: the trainer's model, data, batches, optimizer, schedule "
+        "(the shape, --data, --lr, --dtype and --model options are then ignored: use --set)",
     )
     p.add_argument("--model", dest="model_options", action="append", default=[], help="model field=value (no --config)")
     p.add_argument("--ln-eps", type=float, default=None, help="the memory LayerNorm's ε (chunked path only)")
