@@ -36,17 +36,19 @@ def _inputs(depth, length, *, momentum=True, decay=True, batch=2, heads=2, d=4, 
     return (q, k, v, lr, log_momentum, log_retain), initial, leaves
 
 
-def _run(fn, gates_qkv, initial, leaves, chunk, offset=0, **kw):
-    """Outputs, final state and gradients of a random functional of both, after an optional warm-up prefix."""
+def _run(fn, gates_qkv, initial, leaves, chunk, offset=0, anchored=False, **kw):
+    """Outputs, final state and gradients of a random functional of both, after an optional warm-up prefix.
+    ``anchored``: the forget gate decays towards M_0 (decision 9)."""
     q, k, v, lr, lm, lret = gates_qkv
     batch = q.shape[0]
     state = RecurrentState.initial(initial, batch, lm is not None)
+    anchor = initial if anchored else None
     if offset:
         _, state = memory_recurrence_chunked(
-            *(None if t is None else t[:, :, :offset] for t in (q, k, v, lr, lm, lret)), state, chunk
+            *(None if t is None else t[:, :, :offset] for t in (q, k, v, lr, lm, lret)), state, chunk, anchor=anchor
         )
     rest = (None if t is None else t[:, :, offset:] for t in (q, k, v, lr, lm, lret))
-    y, final = fn(*rest, state, chunk, **kw)
+    y, final = fn(*rest, state, chunk, anchor=anchor, **kw)
     tensors = [y, *final.weights, *(final.momentum or ())]
     g = torch.Generator().manual_seed(7)
     probes = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t) for t in tensors]
@@ -108,18 +110,21 @@ TRITON_CASES = [  # depth, length, chunk, offset, momentum, decay, checkpoint_ev
 ]
 
 
-def _compare_triton(depth, length, chunk, offset, momentum, decay, every, precision, tol, device, batch=1, d=16):
+def _compare_triton(
+    depth, length, chunk, offset, momentum, decay, every, precision, tol, device, batch=1, d=16, anchored=False
+):
     """Triton (fp32 state) against the float64 chunked path, allowed the larger of ``tol`` × scale and 3× the
     error of the exact fp32 chunked path (the recurrence amplifies rounding, whichever path rounds)."""
     kw = {"momentum": momentum, "decay": decay, "d": d, "expansion": 4, "batch": batch}
     expected, expected_grads, _ = _run(
-        memory_recurrence_chunked, *_inputs(depth, length, device=device, **kw), chunk, offset
+        memory_recurrence_chunked, *_inputs(depth, length, device=device, **kw), chunk, offset, anchored
     )
     args32 = _inputs(depth, length, dtype=torch.float32, device=device, **kw)
-    fp32, fp32_grads, _ = _run(memory_recurrence_chunked, *args32, chunk, offset)
+    fp32, fp32_grads, _ = _run(memory_recurrence_chunked, *args32, chunk, offset, anchored)
     actual, grads, _ = _run(
-        memory_recurrence_fused, *args32, chunk, offset, backend="triton", checkpoint_every=every, precision=precision
-    )
+        memory_recurrence_fused, *args32, chunk, offset, anchored,
+        backend="triton", checkpoint_every=every, precision=precision,
+    )  # fmt: skip
     names, grad_names = _names(depth, momentum)
     assert len(names) == len(actual) and len(grad_names) == len(grads)
     _assert_close_scaled(actual, expected, fp32, tol, names)
@@ -134,6 +139,29 @@ def test_triton_backend_matches_chunked(depth, length, chunk, offset, momentum, 
     _compare_triton(depth, length, chunk, offset, momentum, decay, every, "ieee", 2e-5, device)
 
 
+ANCHOR_CASES = [  # length, chunk, offset, momentum, checkpoint_every
+    (40, 8, 3, True, 2),
+    (36, 6, 0, False, 1),
+]
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+@pytest.mark.parametrize(("length", "chunk", "offset", "momentum", "every"), ANCHOR_CASES)
+def test_triton_forgetting_towards_the_initial_weights(length, chunk, offset, momentum, every):
+    """Decision 9 (decay_target="initial"): the depth-2 kernels with the anchor M_0, whose gradient (summed over
+    the batch) joins M_0's gradient through the initial state."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _compare_triton(2, length, chunk, offset, momentum, True, every, "ieee", 2e-5, device, batch=2, anchored=True)
+
+
+def test_anchor_changes_the_function():
+    """The anchored recurrence is not the plain one (so the anchor tests above can fail)."""
+    args = _inputs(2, 12, d=4)
+    plain, _, _ = _run(memory_recurrence_chunked, *args, 4)
+    anchored, _, _ = _run(memory_recurrence_chunked, *args, 4, anchored=True)
+    assert _max_error(plain[0], anchored[0]) > 1e-3
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
@@ -146,7 +174,8 @@ def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision):
     drifts from float64 by O(1) after ~500 tokens — so only short stretches can be compared to float64.
     """
     tol = 2e-5 if precision == "ieee" else 1e-2
-    _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", batch=2, d=64)
+    for anchored in (False, True) if depth == 2 else (False,):
+        _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
 
 
 def test_auto_never_runs_the_triton_interpreter_on_the_cpu():

@@ -17,6 +17,8 @@ from titans.ops.recurrence import RECURRENCES, RecurrentState, memory_recurrence
 
 Impl = Literal["auto", "fused", "chunked", "reference"]
 IMPLS = ("auto", "fused", "chunked", "reference")
+DecayTarget = Literal["zero", "initial"]
+DECAY_TARGETS = ("zero", "initial")
 FUSED_CHECKPOINT_CHUNKS = 8  # the fused path's default: keep the state every 8 chunks for backward
 # Memory depths whose Triton kernels passed the gradient tests on an H100 (not only in the interpreter): the ones
 # impl="auto" selects. impl="fused" runs the depth-1 kernels too (interpreter-tested, compiled for sm_90).
@@ -53,7 +55,8 @@ class NeuralMemory(nn.Module):
     output RMSNorm, a sigmoid gate from x, and the output projection.
 
     Ablations (paper Table 5): ``depth=1`` (linear memory), ``conv=False``, ``momentum=False`` (η = 0),
-    ``decay=False`` (α = 0).
+    ``decay=False`` (α = 0). ``decay_target="initial"``: the forget gate decays the weights towards M_0
+    instead of 0 (decision 9), M_t = (1 − α_t) M_{t−1} + α_t M_0 + S_t.
 
     ``impl`` — four implementations of one function: ``"reference"`` (token by token, autograd inner
     gradients), ``"chunked"`` (closed form per chunk, autograd backward), ``"fused"`` (whole chunks with a
@@ -72,6 +75,7 @@ class NeuralMemory(nn.Module):
         chunk_size: int = 16,
         momentum: bool = True,
         decay: bool = True,
+        decay_target: DecayTarget = "zero",
         conv: bool = True,
         conv_kernel: int = 4,
         max_lr: float = 1.0,
@@ -91,11 +95,14 @@ class NeuralMemory(nn.Module):
             raise ValueError(f"NeuralMemory: chunk_size must be >= 1, got {chunk_size}")
         if impl not in IMPLS:
             raise ValueError(f"NeuralMemory: impl must be one of {IMPLS}, got {impl!r}")
+        if decay_target not in DECAY_TARGETS:
+            raise ValueError(f"NeuralMemory: decay_target must be one of {DECAY_TARGETS}, got {decay_target!r}")
         if depth < 1 or expansion < 1:
             raise ValueError(f"NeuralMemory: depth and expansion must be >= 1, got {depth}, {expansion}")
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
         self.depth, self.expansion, self.chunk_size = depth, expansion, chunk_size
         self.momentum, self.decay, self.max_lr = momentum, decay, max_lr
+        self.decay_target: str = decay_target
         self.impl: str = impl
         self.check_inputs = check_inputs
         self.compile_chunk_step = compile_chunk_step
@@ -237,6 +244,7 @@ class NeuralMemory(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             lr, log_momentum, log_retain = self._gates(x, inner)
             args = (q, k, v, lr, log_momentum, log_retain, state.recurrent, self.chunk_size)
+            anchor = self._anchor(inner)
             impl, backend = self._dispatch(q)
             if impl == "fused":
                 reduced = projected[0][0].dtype in (torch.bfloat16, torch.float16)  # autocast: tf32 products
@@ -245,14 +253,24 @@ class NeuralMemory(nn.Module):
                     backend=backend,
                     checkpoint_every=self.checkpoint_chunks or FUSED_CHECKPOINT_CHUNKS,
                     precision="tf32" if reduced else "ieee",
+                    anchor=anchor,
                 )
             elif impl == "chunked":
                 retrieved, recurrent = memory_recurrence_chunked(
-                    *args, compile_step=self.compile_chunk_step, checkpoint_chunks=self.checkpoint_chunks
+                    *args,
+                    compile_step=self.compile_chunk_step,
+                    checkpoint_chunks=self.checkpoint_chunks,
+                    anchor=anchor,
                 )
             else:
-                retrieved, recurrent = RECURRENCES[impl](*args)
+                retrieved, recurrent = RECURRENCES[impl](*args, anchor=anchor)
         return self._finish(x, retrieved), NeuralMemoryState(recurrent, new_conv, self.fingerprint)
+
+    def _anchor(self, dtype: torch.dtype) -> list[Tensor] | None:
+        """M_0 in the inner dtype when the forget gate decays towards it (decision 9), else None."""
+        if self.decay_target == "zero" or self.to_forget is None:
+            return None
+        return [w.to(dtype) for w in self.initial_weights]
 
     def _dispatch(self, q: Tensor) -> tuple[str, Literal["triton", "torch"]]:
         """(implementation, fused backend) for inner-dtype queries ``q`` of shape (B, H, T, d)."""

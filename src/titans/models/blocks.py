@@ -94,6 +94,7 @@ def make_memory(config: TitansConfig) -> NeuralMemory:
         chunk_size=config.chunk_size,
         momentum=config.momentum,
         decay=config.decay,
+        decay_target=config.decay_target,  # type: ignore[arg-type]
         conv=config.conv,
         conv_kernel=config.conv_kernel,
         max_lr=config.max_lr,

@@ -15,6 +15,7 @@ baselines: ``transformer`` (Transformer++, full causal attention) and ``swa`` (s
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 WINDOW_VARIANTS = ("mag", "mal", "swa")
 IMPLS = ("auto", "fused", "chunked", "reference")
+DECAY_TARGETS = ("zero", "initial")  # NeuralMemory's decay_target
 MAX_MEMORY_DEPTH = 4
 
 # Options that change how a state is computed but not what it means: left out of the fingerprint.
@@ -46,6 +47,7 @@ class TitansConfig:
     chunk_size: int = 16  # b of eq. 16
     momentum: bool = True  # eq. 14; False: η = 0 (ablation)
     decay: bool = True  # eq. 13; False: α = 0 (ablation)
+    decay_target: str = "zero"  # what the forget gate decays towards: "zero" (eq. 13) or "initial" (M_0, decision 9)
     conv: bool = True  # depthwise causal conv after q/k/v (ablation: False)
     conv_kernel: int = 4
     max_lr: float = 1.0  # θ_max of decision 1
@@ -120,6 +122,9 @@ class TitansConfig:
             _require("memory_head_dim", self.memory_head_dim >= 1, "must be >= 1")
         _require("conv_kernel", self.conv_kernel >= 1, "must be >= 1")
         _require("max_lr", self.max_lr > 0, "must be > 0")
+        _require(
+            "decay_target", self.decay_target in DECAY_TARGETS, f"unknown {self.decay_target!r}; one of {DECAY_TARGETS}"
+        )
         _require("impl", self.impl in IMPLS, f"unknown implementation {self.impl!r}; choose one of {IMPLS}")
         if self.memory_layers is None:
             return

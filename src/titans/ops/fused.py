@@ -151,7 +151,17 @@ def _kernel(q: Tensor, n: int, hidden: int, precision: Precision, depth: int, ba
 CHECKPOINT_ORDER = {1: (0, 1), 2: (0, 2, 1, 3)}
 
 
-def _triton_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, precision: Precision):
+def _anchor_args(q: Tensor, anchor: list[Tensor] | None, depth: int) -> tuple[list[Tensor], dict]:
+    """The depth-2 kernels' anchor pointers (M_0, or q as an unread placeholder) and their ANCHOR flag."""
+    if depth == 1:
+        return [], {}
+    pointers = [a.contiguous() for a in anchor] if anchor is not None else [q, q]
+    return pointers, {"ANCHOR": anchor is not None}
+
+
+def _triton_forward(
+    q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, precision: Precision, anchor=None
+):
     batch, heads, length, d = q.shape
     depth = len(state) // 2
     bh, n_chunks, hidden = batch * heads, length // n, state[0].shape[-1]
@@ -160,16 +170,19 @@ def _triton_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: in
     ckpt = q.new_empty(bh, n_ckpt, 2 * depth * d * hidden)
     y = torch.empty_like(q)
     kernel, launch = _kernel(q, n, hidden, precision, depth, backward=False)
+    anchors, flag = _anchor_args(q, anchor, depth)
     kernel[(bh,)](
-        q, k, v, y, *mix, *work, ckpt,
-        length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt,
-        WRITE_Y=True, **launch,
+        q, k, v, y, *mix, *work, ckpt, *anchors,
+        length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt, *([heads] if anchors else []),
+        WRITE_Y=True, **launch, **flag,
     )  # fmt: skip
     final = [w.view(batch, heads, *w.shape[1:]) for w in work]
     return y, final, ckpt
 
 
-def _triton_backward(q, k, v, mix: Mixing, ckpt: Tensor, grad_y, grad_state, n: int, every: int, precision: Precision):
+def _triton_backward(
+    q, k, v, mix: Mixing, ckpt: Tensor, grad_y, grad_state, n: int, every: int, precision: Precision, anchor=None
+):
     batch, heads, length, d = q.shape
     depth = len(grad_state) // 2
     bh, n_chunks, hidden = batch * heads, length // n, grad_state[0].shape[-1]
@@ -181,6 +194,9 @@ def _triton_backward(q, k, v, mix: Mixing, ckpt: Tensor, grad_y, grad_state, n: 
     scratch = [q.new_empty(bh, launch["BLOCK_N"], hidden)] if depth == 2 else []  # ∂/∂H known before dZ
     stretch = q.new_empty(bh, every, 2 * depth * d * hidden)
     size = d * hidden
+    anchors, flag = _anchor_args(q, anchor, depth)
+    grad_anchor = [q.new_zeros(bh, *a.shape[1:]) for a in anchor] if anchor is not None else [q, q][: len(anchors)]
+    tail = [heads] if anchors else []
     for group in reversed(range(ckpt.shape[1])):
         first, last = group * every, min(n_chunks, (group + 1) * every)
         if every == 1:
@@ -189,31 +205,36 @@ def _triton_backward(q, k, v, mix: Mixing, ckpt: Tensor, grad_y, grad_state, n: 
             start = ckpt[:, group]
             work = [start[:, i * size : (i + 1) * size].clone() for i in CHECKPOINT_ORDER[depth]]
             forward[(bh,)](
-                q, k, v, q, *mix, *work, stretch,
-                length, n, n_chunks, first, last, 1, every,
-                WRITE_Y=False, **recompute,
+                q, k, v, q, *mix, *work, stretch, *anchors,
+                length, n, n_chunks, first, last, 1, every, *tail,
+                WRITE_Y=False, **recompute, **flag,
             )  # fmt: skip
             states, n_states = stretch, every
         backward[(bh,)](
             q, k, v, grad_y, grad_q, grad_k, grad_v, *mix, *grad_mix, states, *carried, *scratch,
-            length, n, n_chunks, first, last, n_states,
-            **launch,
+            *anchors, *grad_anchor,
+            length, n, n_chunks, first, last, n_states, *tail,
+            **launch, **flag,
         )  # fmt: skip
     final = [g.view(batch, heads, *g.shape[1:]) for g in carried]
+    if anchor is not None:  # M_0 is shared over the batch: sum the per-program gradients
+        final += [g.view(batch, heads, *g.shape[1:]).sum(0) for g in grad_anchor]
     return grad_q, grad_k, grad_v, grad_mix, final
 
 
 class _FusedChunks(torch.autograd.Function):
-    """Whole chunks, aligned state: (q, k, v, mixing, W…, S…) → (y, W'…, S'…)."""
+    """Whole chunks, aligned state: (q, k, v, mixing, W…, S…[, M_0…]) → (y, W'…, S'…). The anchor M_0 of decision 9
+    (Triton backend only) follows the state when ``config`` says it is there."""
 
     @staticmethod
-    def forward(ctx, config, q, k, v, retain, carry, grad_mix, pi, a_last, *state):
-        backend, n, every, precision = config
+    def forward(ctx, config, q, k, v, retain, carry, grad_mix, pi, a_last, *state_and_anchor):
+        backend, n, every, precision, anchored = config
         mix = Mixing(retain, carry, grad_mix, pi, a_last)
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        state, anchor = _split_anchor(list(state_and_anchor), anchored)
         if backend == "triton":
-            y, final, ckpt = _triton_forward(q, k, v, mix, list(state), n, every, keep, precision)
-            ctx.save_for_backward(q, k, v, *mix, ckpt)
+            y, final, ckpt = _triton_forward(q, k, v, mix, state, n, every, keep, precision, anchor)
+            ctx.save_for_backward(q, k, v, *mix, ckpt, *(anchor or []))
         else:
             y, final, checkpoints = _torch_forward(q, k, v, mix, list(state), n, every, keep)
             ctx.checkpoints = checkpoints
@@ -223,19 +244,28 @@ class _FusedChunks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, *grad_state):
-        backend, n, every, precision = ctx.config
+        backend, n, every, precision, anchored = ctx.config
         q, k, v, *rest = ctx.saved_tensors
         mix = Mixing(*rest[:5])
         grad_y = grad_y.contiguous()
         if backend == "triton":
+            anchor = list(rest[6:]) if anchored else None
             gq, gk, gv, gmix, gstate = _triton_backward(
-                q, k, v, mix, rest[5], grad_y, list(grad_state), n, every, precision
+                q, k, v, mix, rest[5], grad_y, list(grad_state), n, every, precision, anchor
             )
         else:
             gq, gk, gv, gmix, gstate = _torch_backward(
                 q, k, v, mix, ctx.checkpoints, grad_y, list(grad_state), n, every
             )
         return (None, gq, gk, gv, *gmix, *gstate)
+
+
+def _split_anchor(tensors: list[Tensor], anchored: bool) -> tuple[list[Tensor], list[Tensor] | None]:
+    """(W…, S…, M_0…) → ([W…, S…], [M_0…]) when anchored, else (tensors, None)."""
+    if not anchored:
+        return tensors, None
+    depth = len(tensors) // 3
+    return tensors[: 2 * depth], tensors[2 * depth :]
 
 
 def _aligned_mixing(lr: Tensor, log_momentum: Tensor | None, log_retain: Tensor | None, n: int) -> Mixing:
@@ -264,26 +294,32 @@ def memory_recurrence_fused(
     backend: Backend = "torch",
     checkpoint_every: int = 8,
     precision: Precision = "ieee",
+    anchor: list[Tensor] | None = None,
 ) -> tuple[Tensor, RecurrentState]:
     """The same function as :func:`memory_recurrence_chunked`; whole chunks through ``_FusedChunks``.
 
     ``checkpoint_every``: the forward keeps the state of every such chunk for the backward (1 = every chunk,
     no recomputation). ``precision`` of the Triton matrix products: ``"ieee"`` (exact fp32) or ``"tf32"``.
+    ``anchor``: M_0, the weights the forget gate decays towards (decision 9); the Triton kernels of depth 2
+    take it, every other combination runs :func:`memory_recurrence_chunked`.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     length, n = queries.shape[2], chunk_size
     head = min(length, (n - state.offset) % n)
     body = (length - head) // n * n
-    if body == 0:
-        return memory_recurrence_chunked(queries, keys, values, lr, log_momentum, log_retain, state, n)
+    if anchor is not None and log_retain is None:
+        anchor = None  # no forgetting: nothing decays towards the anchor
+    if body == 0 or (anchor is not None and (backend != "triton" or len(state.weights) != 2)):
+        return memory_recurrence_chunked(queries, keys, values, lr, log_momentum, log_retain, state, n, anchor=anchor)
 
     def part(t: Tensor | None, lo: int, hi: int) -> Tensor | None:
         return None if t is None else t[:, :, lo:hi]
 
     def chunked(lo: int, hi: int, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         q, k, v, rate = (t[:, :, lo:hi] for t in (queries, keys, values, lr))
-        return memory_recurrence_chunked(q, k, v, rate, part(log_momentum, lo, hi), part(log_retain, lo, hi), state, n)
+        gates = part(log_momentum, lo, hi), part(log_retain, lo, hi)
+        return memory_recurrence_chunked(q, k, v, rate, *gates, state, n, anchor=anchor)
 
     outputs = []
     if head:
@@ -292,9 +328,11 @@ def memory_recurrence_fused(
     lo, hi = head, head + body
     mix = _aligned_mixing(lr[:, :, lo:hi], part(log_momentum, lo, hi), part(log_retain, lo, hi), n)
     momentum = state.momentum if state.momentum is not None else tuple(torch.zeros_like(w) for w in state.weights)
-    config = (backend, n, checkpoint_every, precision)
+    config = (backend, n, checkpoint_every, precision, anchor is not None)
     q, k, v = (t[:, :, lo:hi].contiguous() for t in (queries, keys, values))
-    y, *final = _FusedChunks.apply(config, q, k, v, *(m.contiguous() for m in mix), *state.weights, *momentum)
+    anchors = anchor or []
+    mixing = (m.contiguous() for m in mix)
+    y, *final = _FusedChunks.apply(config, q, k, v, *mixing, *state.weights, *momentum, *anchors)
     depth = len(state.weights)
     weights = tuple(final[:depth])
     surprise = tuple(final[depth:]) if state.momentum is not None else None

@@ -142,13 +142,16 @@ def memory_forward_kernel(
     retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr,  # (BH, C, n), (BH, C, n), (BH, C, n, n), (BH, C, n), (BH, C)
     w1_ptr, w2_ptr, s1_ptr, s2_ptr,  # working state (BH, D, E), (BH, E, D): in = entering state, out = final
     ckpt_ptr,  # (BH, n_ckpt, 4·D·E): [W1, S1, W2, S2] at the start of chunks c_begin, c_begin + ckpt_every, …
-    T, chunk, n_chunks, c_begin, c_end, ckpt_every, n_ckpt,
+    m1_ptr, m2_ptr,  # the anchor M_0 (H, D, E), (H, E, D) that the forget gate decays towards (if ANCHOR)
+    T, chunk, n_chunks, c_begin, c_end, ckpt_every, n_ckpt, heads,
     D: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
-    WRITE_Y: tl.constexpr, PREC: tl.constexpr,
+    WRITE_Y: tl.constexpr, PREC: tl.constexpr, ANCHOR: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     offs_e = tl.arange(0, BLOCK_E)
+    m1_ptr += (bh % heads) * D * E
+    m2_ptr += (bh % heads) * E * D
     w1_ptr += bh * D * E
     w2_ptr += bh * E * D
     s1_ptr += bh * D * E
@@ -172,10 +175,14 @@ def memory_forward_kernel(
             scores1 = tl.dot(q, tl.trans(k), input_precision=PREC) * mix  # (Q Kᵀ) ⊙ Γ
             q_w2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             q_s2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+            q_m2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
             aq_at = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
         gamma_d2 = gamma[:, None] * delta2
         pi_d2 = pi[:, None] * delta2
         for e0 in range(0, E, BLOCK_E):
+            if ANCHOR:
+                m1 = tl.load(m1_ptr + e0 + offs_d[:, None] * E + offs_e[None, :])
+                m2 = tl.load(m2_ptr + e0 * D + offs_e[:, None] * D + offs_d[None, :])
             w1 = tl.load(w1_ptr + e0 + offs_d[:, None] * E + offs_e[None, :])
             s1 = tl.load(s1_ptr + e0 + offs_d[:, None] * E + offs_e[None, :])
             w2 = tl.load(w2_ptr + e0 * D + offs_e[:, None] * D + offs_d[None, :])
@@ -195,15 +202,22 @@ def memory_forward_kernel(
                     + carry[:, None] * tl.dot(q, s1, input_precision=PREC)
                     - tl.dot(scores1, delta1, input_precision=PREC)
                 )
+                if ANCHOR:
+                    hq += (1.0 - retain)[:, None] * tl.dot(q, m1, input_precision=PREC)
                 aq = _gelu(hq)
                 q_w2 += tl.dot(aq, w2, input_precision=PREC)
                 q_s2 += tl.dot(aq, s2, input_precision=PREC)
+                if ANCHOR:
+                    q_m2 += tl.dot(aq, m2, input_precision=PREC)
                 aq_at += tl.dot(aq, tl.trans(act), input_precision=PREC)
             k_t = tl.trans(k)
             act_t = tl.trans(act)
             new_w1 = d_n * w1 + c_n * s1 - tl.dot(k_t, gamma[:, None] * delta1, input_precision=PREC)
             new_s1 = a_n * s1 - tl.dot(k_t, pi[:, None] * delta1, input_precision=PREC)
             new_w2 = d_n * w2 + c_n * s2 - tl.dot(act_t, gamma_d2, input_precision=PREC)
+            if ANCHOR:
+                new_w1 += (1.0 - d_n) * m1
+                new_w2 += (1.0 - d_n) * m2
             new_s2 = a_n * s2 - tl.dot(act_t, pi_d2, input_precision=PREC)
             tl.store(w1_ptr + offs_d[:, None] * E + e0 + offs_e[None, :], new_w1)
             tl.store(s1_ptr + offs_d[:, None] * E + e0 + offs_e[None, :], new_s1)
@@ -211,6 +225,8 @@ def memory_forward_kernel(
             tl.store(s2_ptr + (e0 + offs_e[:, None]) * D + offs_d[None, :], new_s2)
         if WRITE_Y:
             zq = retain[:, None] * q_w2 + carry[:, None] * q_s2 - tl.dot(aq_at * mix, delta2, input_precision=PREC)
+            if ANCHOR:
+                zq += (1.0 - retain)[:, None] * q_m2
             normed_q, _ = _ln(zq, D)
             tl.store(y_ptr + seq + offs_n[:, None] * D + offs_d[None, :], q + normed_q, mask=tile_mask)
         tl.debug_barrier()  # the next chunk reads the state this one wrote
@@ -224,12 +240,19 @@ def memory_backward_kernel(
     states_ptr,  # (BH, n_states, 4·D·E): the state at the start of chunk c_begin + j in slot j
     dw1_ptr, dw2_ptr, ds1_ptr, ds2_ptr,  # carried state gradients (BH, D, E) / (BH, E, D), updated in place
     x_ptr,  # scratch (BH, BLOCK_N, E): the part of ∂/∂H known before dZ
-    T, chunk, n_chunks, c_begin, c_end, n_states,
+    m1_ptr, m2_ptr,  # the anchor M_0 (H, D, E), (H, E, D), as in the forward kernel (if ANCHOR)
+    dm1_ptr, dm2_ptr,  # its gradient per program (BH, D, E), (BH, E, D), accumulated over the chunks
+    T, chunk, n_chunks, c_begin, c_end, n_states, heads,
     D: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr,
+    ANCHOR: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     offs_e = tl.arange(0, BLOCK_E)
+    m1_ptr += (bh % heads) * D * E
+    m2_ptr += (bh % heads) * E * D
+    dm1_ptr += bh * D * E
+    dm2_ptr += bh * E * D
     dw1_ptr += bh * D * E
     dw2_ptr += bh * E * D
     ds1_ptr += bh * D * E
@@ -260,6 +283,7 @@ def memory_backward_kernel(
         scores1 = qk * mix
         q_w2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         q_s2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
+        q_m2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         aq_at = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
         for e0 in range(0, E, BLOCK_E):
             w1 = tl.load(w1_ptr + e0 + de_tile)
@@ -274,17 +298,23 @@ def memory_backward_kernel(
                 + carry[:, None] * tl.dot(q, s1, input_precision=PREC)
                 - tl.dot(scores1, delta1, input_precision=PREC)
             )
+            if ANCHOR:
+                hq += (1.0 - retain)[:, None] * tl.dot(q, tl.load(m1_ptr + e0 + de_tile), input_precision=PREC)
             aq = _gelu(hq)
             q_w2 += tl.dot(aq, w2, input_precision=PREC)
             q_s2 += tl.dot(aq, s2, input_precision=PREC)
+            if ANCHOR:
+                q_m2 += tl.dot(aq, tl.load(m2_ptr + e0 * D + ed_tile), input_precision=PREC)
             aq_at += tl.dot(aq, tl.trans(act), input_precision=PREC)
         zq = retain[:, None] * q_w2 + carry[:, None] * q_s2 - tl.dot(aq_at * mix, delta2, input_precision=PREC)
+        if ANCHOR:
+            zq += (1.0 - retain)[:, None] * q_m2
         normed_q, inv_std_q = _ln(zq, D)
 
         # Output: Y = Q + LN(Zq).
         d_zq = tl.where(tile_mask, _ln_back(normed_q, inv_std_q, dy, D), 0.0)
         d_q = dy
-        d_retain = tl.sum(d_zq * q_w2, axis=1)
+        d_retain = tl.sum(d_zq * (q_w2 - q_m2), axis=1)  # q_m2 = 0 without an anchor
         d_carry = tl.sum(d_zq * q_s2, axis=1)
         dzq_d2 = tl.dot(d_zq, tl.trans(delta2), input_precision=PREC)  # dZq Δ2ᵀ
         d_mix = -dzq_d2 * aq_at
@@ -321,6 +351,11 @@ def memory_backward_kernel(
             q_w1 = tl.dot(q, w1, input_precision=PREC)
             q_s1 = tl.dot(q, s1, input_precision=PREC)
             hq = retain[:, None] * q_w1 + carry[:, None] * q_s1 - tl.dot(scores1, delta1, input_precision=PREC)
+            if ANCHOR:
+                anchor1 = tl.load(m1_ptr + e0 + de_tile)
+                anchor2 = tl.load(m2_ptr + e0 * D + ed_tile)
+                q_m1 = tl.dot(q, anchor1, input_precision=PREC)
+                hq += (1.0 - retain)[:, None] * q_m1
             aq = _gelu(hq)
             # Query path, layer 2 (inputs Aq, key-side A, Δ2).
             d_aq = (
@@ -328,6 +363,8 @@ def memory_backward_kernel(
                 + tl.dot(carry_dzq, tl.trans(s2), input_precision=PREC)
                 + tl.dot(m2, act, input_precision=PREC)
             )
+            if ANCHOR:
+                d_aq += tl.dot(d_zq - retain_dzq, tl.trans(anchor2), input_precision=PREC)
             d_act = (
                 tl.dot(tl.trans(m2), aq, input_precision=PREC)
                 - tl.dot(gamma_d2, tl.trans(dw2), input_precision=PREC)
@@ -351,6 +388,14 @@ def memory_backward_kernel(
             d_q += tl.dot(retain_dhq, tl.trans(w1), input_precision=PREC)
             d_q += tl.dot(carry_dhq, tl.trans(s1), input_precision=PREC)
             q_t = tl.trans(q)
+            if ANCHOR:  # M' = D_n M + (1 − D_n) M_0 + …, and (1 − D) (Q M_0) in Hq, (1 − D) (Aq M_0) in Zq
+                d_retain -= tl.sum(d_hq * q_m1, axis=1)
+                d_dn -= tl.sum(dw1 * anchor1) + tl.sum(dw2 * anchor2)
+                d_q += tl.dot(d_hq - retain_dhq, tl.trans(anchor1), input_precision=PREC)
+                dm1 = (1.0 - d_n) * dw1 + tl.dot(q_t, d_hq - retain_dhq, input_precision=PREC)
+                dm2 = (1.0 - d_n) * dw2 + tl.dot(aq_t, d_zq - retain_dzq, input_precision=PREC)
+                tl.store(dm1_ptr + e0 + de_tile, tl.load(dm1_ptr + e0 + de_tile) + dm1)
+                tl.store(dm2_ptr + e0 * D + ed_tile, tl.load(dm2_ptr + e0 * D + ed_tile) + dm2)
             new_dw1 = d_n * dw1 + tl.dot(q_t, retain_dhq, input_precision=PREC)
             new_ds1 = c_n * dw1 + a_n * ds1 + tl.dot(q_t, carry_dhq, input_precision=PREC)
             # State updates of layer 1: W1' = … − Kᵀ(γ⊙Δ1), S1' = … − Kᵀ(π⊙Δ1).

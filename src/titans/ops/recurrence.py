@@ -5,13 +5,16 @@ Inputs for a batch of memories (``B`` sequences × ``H`` heads), all in the inne
 * ``queries, keys, values``: (B, H, T, d) — q_t, k_t, v_t after projection, conv, SiLU and ℓ2-norm;
 * ``lr``: (B, H, T) — θ_t, the inner learning rate;
 * ``log_momentum``: (B, H, T) — log η_t, or ``None`` for no momentum (η = 0, S_t = −θ_t u_t);
-* ``log_retain``: (B, H, T) — log(1 − α_t), or ``None`` for no weight decay (α = 0).
+* ``log_retain``: (B, H, T) — log(1 − α_t), or ``None`` for no weight decay (α = 0);
+* ``anchor``: what the forget gate decays the weights towards — ``None`` for 0 (eq. 13 as written), or the
+  weights M_0 (one tensor per layer, broadcastable to the state's (B, H, d_in, d_out)): decision 9.
 
 Per token t in a chunk that starts after token t' (t' = t − (t mod b), chunk size b, eq. 16):
 
     u_t = ∇ℓ(M_{t'}; k_t, v_t)                     gradient at the chunk-start weights (eqs. 12, 16)
     S_t = η_t S_{t−1} − θ_t u_t                     surprise with momentum (eqs. 10/14)
-    M_t = (1 − α_t) M_{t−1} + S_t                   forgetting (eq. 13)
+    M_t = (1 − α_t) M_{t−1} + S_t                   forgetting (eq. 13); with an anchor M_0:
+    M_t = (1 − α_t) M_{t−1} + α_t M_0 + S_t          forgetting towards M_0 (decision 9)
     y_t = M_t(q_t)                                  retrieval with the weights after token t (eq. 15, decision 4)
 
 :func:`memory_recurrence_reference` runs this literally, token by token, with the inner gradient from
@@ -101,6 +104,7 @@ def memory_recurrence_reference(
     log_retain: Tensor | None,
     state: RecurrentState,
     chunk_size: int,
+    anchor: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, RecurrentState]:
     """The recurrence token by token (eqs. 8, 10/14, 13, 15, 16), inner gradients by autograd."""
     weights = list(state.weights)
@@ -121,8 +125,13 @@ def memory_recurrence_reference(
                 step = surprise[layer]
             else:
                 step = -theta * u  # eq. 8 (η = 0)
-            retain = 1.0 if log_retain is None else log_retain[:, :, t, None, None].exp()
-            weights[layer] = retain * weights[layer] + step  # eq. 13
+            if log_retain is None:
+                weights[layer] = weights[layer] + step
+            elif anchor is None:
+                weights[layer] = log_retain[:, :, t, None, None].exp() * weights[layer] + step  # eq. 13
+            else:  # towards M_0 (decision 9)
+                retain = log_retain[:, :, t, None, None].exp()
+                weights[layer] = retain * weights[layer] + (1 - retain) * anchor[layer] + step
         outputs.append(memory_forward(weights, queries[:, :, t].unsqueeze(-2)).squeeze(-2))  # eq. 15
         offset = (offset + 1) % chunk_size
     if not outputs:
@@ -201,13 +210,15 @@ def _chunk_span(
     weights: Sequence[Tensor],
     surprise: Sequence[Tensor] | None,
     grad_weights: Sequence[Tensor],
+    anchor: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
     """One span of n tokens inside a chunk: outputs for every token and the state after the last.
 
     The span enters with weights M and momentum S; its gradients are taken at ``grad_weights`` (the
     chunk-start weights M_{t'}). For layer l, M_t = D_{1:t} M + c_t S − Σ_{r≤t} W_{t,r} θ_r a_rᵀ δ_r, so
     the pre-activation of a query input x_t is (the dual form)
-        x_t M_t = D_{1:t} (x_t M) + c_t (x_t S) − Σ_r [W_{t,r} θ_r (x_t · a_r)] δ_r.
+        x_t M_t = D_{1:t} (x_t M) + c_t (x_t S) − Σ_r [W_{t,r} θ_r (x_t · a_r)] δ_r,
+    plus (1 − D_{1:t}) (x_t M_0) when the forget gate decays towards an anchor M_0 (decision 9).
     """
     inputs, deltas = inner_grad_factors(grad_weights, keys, values)  # one batched gradient (eq. 16)
     depth = len(weights)
@@ -215,6 +226,8 @@ def _chunk_span(
     h = queries
     for layer in range(depth):
         h = mixing.retain.unsqueeze(-1) * (x @ weights[layer])
+        if anchor is not None:
+            h = h + (1 - mixing.retain).unsqueeze(-1) * (x @ anchor[layer])
         if surprise is not None:
             assert mixing.carry is not None
             h = h + mixing.carry.unsqueeze(-1) * (x @ surprise[layer])
@@ -228,7 +241,10 @@ def _chunk_span(
     new_weights = []
     for layer in range(depth):
         update = inputs[layer].transpose(-1, -2) @ (mixing.grad_mix[..., last, :].unsqueeze(-1) * deltas[layer])
-        w = mixing.retain[..., last, None, None] * weights[layer] - update
+        retain = mixing.retain[..., last, None, None]
+        w = retain * weights[layer] - update
+        if anchor is not None:
+            w = w + (1 - retain) * anchor[layer]
         if surprise is not None:
             assert mixing.carry is not None
             w = w + mixing.carry[..., last, None, None] * surprise[layer]
@@ -302,6 +318,7 @@ def _run_spans(
     state: RecurrentState,
     chunk_size: int,
     chunk_span: Callable[..., tuple[Tensor, list[Tensor], list[Tensor] | None]],
+    anchor: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, RecurrentState]:
     """The chunk loop over a stretch of tokens that starts at ``state``."""
     weights = list(state.weights)
@@ -315,7 +332,7 @@ def _run_spans(
             chunk_start = list(weights)
         piece = slice(start, end)
         out, weights, surprise = chunk_span(
-            queries[:, :, piece], keys[:, :, piece], values[:, :, piece], mixing, weights, surprise, chunk_start
+            queries[:, :, piece], keys[:, :, piece], values[:, :, piece], mixing, weights, surprise, chunk_start, anchor
         )
         outputs.append(out)
         offset = (offset + end - start) % chunk_size
@@ -333,6 +350,7 @@ def memory_recurrence_chunked(
     chunk_size: int,
     compile_step: bool = False,
     checkpoint_chunks: int = 0,
+    anchor: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, RecurrentState]:
     """The same function as :func:`memory_recurrence_reference`, chunk-parallel (loop over chunks only).
 
@@ -345,7 +363,7 @@ def memory_recurrence_chunked(
         return queries.new_zeros(queries.shape), state
     chunk_span = compiled_chunk_span() if compile_step else _chunk_span
     if checkpoint_chunks <= 0 or not torch.is_grad_enabled():
-        return _run_spans(queries, keys, values, lr, log_momentum, log_retain, state, chunk_size, chunk_span)
+        return _run_spans(queries, keys, values, lr, log_momentum, log_retain, state, chunk_size, chunk_span, anchor)
     spans = chunk_spans(length, state.offset, chunk_size)
     outputs = []
     for group in range(0, len(spans), checkpoint_chunks):
@@ -360,10 +378,14 @@ def memory_recurrence_chunked(
             state,
             chunk_size,
             chunk_span,
+            anchor,
             use_reentrant=False,
         )
         outputs.append(out)
     return torch.cat(outputs, dim=2), state
 
 
-RECURRENCES = {"reference": memory_recurrence_reference, "chunked": memory_recurrence_chunked}
+RECURRENCES: dict[str, Callable[..., tuple[Tensor, RecurrentState]]] = {
+    "reference": memory_recurrence_reference,
+    "chunked": memory_recurrence_chunked,
+}
