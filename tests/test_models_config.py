@@ -107,6 +107,7 @@ def test_ablation_switches_change_what_they_claim() -> None:
         ({"chunk_size": 0}, "chunk_size"),
         ({"memory_heads": 3}, "memory_heads"),
         ({"impl": "triton"}, "impl"),
+        ({"decay_target": "one"}, "decay_target"),
         ({"persistent_tokens": -1}, "persistent_tokens"),
         ({"variant": "lmm", "memory_layers": (0,)}, "memory_layers"),
         ({"variant": "mag", "memory_layers": (2,)}, "memory_layers"),
