@@ -60,7 +60,9 @@ def test_forgetting_towards_an_anchor_by_hand(impl):
     retain = x.log_retain[:, :, 0, None, None].exp()
     theta = x.lr[:, :, 0, None, None]
     with torch.enable_grad():
-        leaves = [w.detach().expand(x.queries.shape[0], *w.shape).clone().requires_grad_(True) for w in x.initial_weights]
+        leaves = [
+            w.detach().expand(x.queries.shape[0], *w.shape).clone().requires_grad_(True) for w in x.initial_weights
+        ]
         loss = inner_loss(leaves, x.keys[:, :, :1], x.values[:, :, :1]).sum()
         grads = torch.autograd.grad(loss, leaves)
     for w, w0, a, g in zip(state.weights, x.initial_weights, anchor, grads):

@@ -139,19 +139,20 @@ def test_triton_backend_matches_chunked(depth, length, chunk, offset, momentum, 
     _compare_triton(depth, length, chunk, offset, momentum, decay, every, "ieee", 2e-5, device)
 
 
-ANCHOR_CASES = [  # length, chunk, offset, momentum, checkpoint_every
-    (40, 8, 3, True, 2),
-    (36, 6, 0, False, 1),
+ANCHOR_CASES = [  # depth, length, chunk, offset, momentum, checkpoint_every
+    (2, 40, 8, 3, True, 2),
+    (2, 36, 6, 0, False, 1),
+    (1, 43, 8, 3, True, 2),
 ]
 
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
-@pytest.mark.parametrize(("length", "chunk", "offset", "momentum", "every"), ANCHOR_CASES)
-def test_triton_forgetting_towards_the_initial_weights(length, chunk, offset, momentum, every):
-    """Decision 9 (decay_target="initial"): the depth-2 kernels with the anchor M_0, whose gradient (summed over
-    the batch) joins M_0's gradient through the initial state."""
+@pytest.mark.parametrize(("depth", "length", "chunk", "offset", "momentum", "every"), ANCHOR_CASES)
+def test_triton_forgetting_towards_the_initial_weights(depth, length, chunk, offset, momentum, every):
+    """Decision 9 (decay_target="initial"): the kernels with the anchor M_0, whose gradient (summed over the
+    batch) joins M_0's gradient through the initial state."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _compare_triton(2, length, chunk, offset, momentum, True, every, "ieee", 2e-5, device, batch=2, anchored=True)
+    _compare_triton(depth, length, chunk, offset, momentum, True, every, "ieee", 2e-5, device, 2, anchored=True)
 
 
 def test_anchor_changes_the_function():
@@ -174,7 +175,7 @@ def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision):
     drifts from float64 by O(1) after ~500 tokens — so only short stretches can be compared to float64.
     """
     tol = 2e-5 if precision == "ieee" else 1e-2
-    for anchored in (False, True) if depth == 2 else (False,):
+    for anchored in (False, True):
         _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
 
 

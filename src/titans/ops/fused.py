@@ -152,10 +152,8 @@ CHECKPOINT_ORDER = {1: (0, 1), 2: (0, 2, 1, 3)}
 
 
 def _anchor_args(q: Tensor, anchor: list[Tensor] | None, depth: int) -> tuple[list[Tensor], dict]:
-    """The depth-2 kernels' anchor pointers (M_0, or q as an unread placeholder) and their ANCHOR flag."""
-    if depth == 1:
-        return [], {}
-    pointers = [a.contiguous() for a in anchor] if anchor is not None else [q, q]
+    """The kernels' anchor pointers (M_0 per layer, or q as an unread placeholder) and their ANCHOR flag."""
+    pointers = [a.contiguous() for a in anchor] if anchor is not None else [q] * depth
     return pointers, {"ANCHOR": anchor is not None}
 
 
@@ -173,7 +171,7 @@ def _triton_forward(
     anchors, flag = _anchor_args(q, anchor, depth)
     kernel[(bh,)](
         q, k, v, y, *mix, *work, ckpt, *anchors,
-        length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt, *([heads] if anchors else []),
+        length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt, heads,
         WRITE_Y=True, **launch, **flag,
     )  # fmt: skip
     final = [w.view(batch, heads, *w.shape[1:]) for w in work]
@@ -195,8 +193,7 @@ def _triton_backward(
     stretch = q.new_empty(bh, every, 2 * depth * d * hidden)
     size = d * hidden
     anchors, flag = _anchor_args(q, anchor, depth)
-    grad_anchor = [q.new_zeros(bh, *a.shape[1:]) for a in anchor] if anchor is not None else [q, q][: len(anchors)]
-    tail = [heads] if anchors else []
+    grad_anchor = [q.new_zeros(bh, *a.shape[1:]) for a in anchor] if anchor is not None else [q] * depth
     for group in reversed(range(ckpt.shape[1])):
         first, last = group * every, min(n_chunks, (group + 1) * every)
         if every == 1:
@@ -206,14 +203,14 @@ def _triton_backward(
             work = [start[:, i * size : (i + 1) * size].clone() for i in CHECKPOINT_ORDER[depth]]
             forward[(bh,)](
                 q, k, v, q, *mix, *work, stretch, *anchors,
-                length, n, n_chunks, first, last, 1, every, *tail,
+                length, n, n_chunks, first, last, 1, every, heads,
                 WRITE_Y=False, **recompute, **flag,
             )  # fmt: skip
             states, n_states = stretch, every
         backward[(bh,)](
             q, k, v, grad_y, grad_q, grad_k, grad_v, *mix, *grad_mix, states, *carried, *scratch,
             *anchors, *grad_anchor,
-            length, n, n_chunks, first, last, n_states, *tail,
+            length, n, n_chunks, first, last, n_states, heads,
             **launch, **flag,
         )  # fmt: skip
     final = [g.view(batch, heads, *g.shape[1:]) for g in carried]
@@ -223,8 +220,8 @@ def _triton_backward(
 
 
 class _FusedChunks(torch.autograd.Function):
-    """Whole chunks, aligned state: (q, k, v, mixing, W…, S…[, M_0…]) → (y, W'…, S'…). The anchor M_0 of decision 9
-    (Triton backend only) follows the state when ``config`` says it is there."""
+    """Whole chunks, aligned state: (q, k, v, mixing, W…, S…[, M_0…]) → (y, W'…, S'…). The anchor M_0 of
+    decision 9 (Triton backend only) follows the state when ``config`` says it is there."""
 
     @staticmethod
     def forward(ctx, config, q, k, v, retain, carry, grad_mix, pi, a_last, *state_and_anchor):
@@ -300,8 +297,8 @@ def memory_recurrence_fused(
 
     ``checkpoint_every``: the forward keeps the state of every such chunk for the backward (1 = every chunk,
     no recomputation). ``precision`` of the Triton matrix products: ``"ieee"`` (exact fp32) or ``"tf32"``.
-    ``anchor``: M_0, the weights the forget gate decays towards (decision 9); the Triton kernels of depth 2
-    take it, every other combination runs :func:`memory_recurrence_chunked`.
+    ``anchor``: M_0 (one (H, d_in, d_out) tensor per layer), the weights the forget gate decays towards
+    (decision 9); the Triton kernels take it, the PyTorch backend then runs :func:`memory_recurrence_chunked`.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -310,7 +307,7 @@ def memory_recurrence_fused(
     body = (length - head) // n * n
     if anchor is not None and log_retain is None:
         anchor = None  # no forgetting: nothing decays towards the anchor
-    if body == 0 or (anchor is not None and (backend != "triton" or len(state.weights) != 2)):
+    if body == 0 or (anchor is not None and backend != "triton"):
         return memory_recurrence_chunked(queries, keys, values, lr, log_momentum, log_retain, state, n, anchor=anchor)
 
     def part(t: Tensor | None, lo: int, hi: int) -> Tensor | None:

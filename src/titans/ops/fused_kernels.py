@@ -482,14 +482,18 @@ def linear_memory_forward_kernel(
     retain_ptr, carry_ptr, mix_ptr, pi_ptr, a_last_ptr,  # as in memory_forward_kernel
     w_ptr, s_ptr,  # state (BH, D, D): in = entering state, out = final
     ckpt_ptr,  # (BH, n_ckpt, 2·D·D): [W, S] at the start of chunks c_begin, c_begin + ckpt_every, …
-    T, chunk, n_chunks, c_begin, c_end, ckpt_every, n_ckpt,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, WRITE_Y: tl.constexpr, PREC: tl.constexpr,
+    m_ptr,  # the anchor M_0 (H, D, D) that the forget gate decays towards (if ANCHOR)
+    T, chunk, n_chunks, c_begin, c_end, ckpt_every, n_ckpt, heads,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, WRITE_Y: tl.constexpr, PREC: tl.constexpr, ANCHOR: tl.constexpr,
 ):  # fmt: skip
     """Err = K W − V = Δ;  Y = D ⊙ (Q W) + c ⊙ (Q S) − ((Q Kᵀ) ⊙ Γ) Δ;  W' = D_n W + c_n S − Kᵀ(γ⊙Δ),
-    S' = A_n S − Kᵀ(π⊙Δ) (chunk_vjp.chunk_forward at depth 1)."""
+    S' = A_n S − Kᵀ(π⊙Δ) (chunk_vjp.chunk_forward at depth 1); with an anchor M_0 (decision 9), Y gains
+    (1 − D) ⊙ (Q M_0) and W' gains (1 − D_n) M_0."""
     bh = tl.program_id(0)
     offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     square = offs_d[:, None] * D + offs_d[None, :]
+    if ANCHOR:
+        anchor = _load_square(m_ptr + (bh % heads) * D * D, offs_d, D)
     w = _load_square(w_ptr + bh * D * D, offs_d, D)
     s = _load_square(s_ptr + bh * D * D, offs_d, D)
     for c in range(c_begin, c_end):
@@ -513,9 +517,13 @@ def linear_memory_forward_kernel(
                 + carry[:, None] * tl.dot(q, s, input_precision=PREC)
                 - tl.dot(scores, delta, input_precision=PREC)
             )
+            if ANCHOR:
+                y += (1.0 - retain)[:, None] * tl.dot(q, anchor, input_precision=PREC)
             tl.store(y_ptr + seq + offs_n[:, None] * D + offs_d[None, :], y, mask=tile_mask)
         k_t = tl.trans(k)
         new_w = d_n * w + c_n * s - tl.dot(k_t, gamma[:, None] * delta, input_precision=PREC)
+        if ANCHOR:
+            new_w += (1.0 - d_n) * anchor
         s = a_n * s - tl.dot(k_t, pi[:, None] * delta, input_precision=PREC)
         w = new_w
     tl.store(w_ptr + bh * D * D + square, w)
@@ -529,13 +537,17 @@ def linear_memory_backward_kernel(
     d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr,  # their gradients, same shapes
     states_ptr,  # (BH, n_states, 2·D·D): the state at the start of chunk c_begin + j in slot j
     dw_ptr, ds_ptr,  # carried state gradients (BH, D, D), updated in place
-    T, chunk, n_chunks, c_begin, c_end, n_states,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    m_ptr, dm_ptr,  # the anchor M_0 (H, D, D) and its gradient per program (BH, D, D), accumulated (if ANCHOR)
+    T, chunk, n_chunks, c_begin, c_end, n_states, heads,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, ANCHOR: tl.constexpr,
 ):  # fmt: skip
     """A stretch of chunks in reverse: chunk_vjp.chunk_backward at depth 1, the state gradients in registers."""
     bh = tl.program_id(0)
     offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     square = offs_d[:, None] * D + offs_d[None, :]
+    if ANCHOR:
+        anchor = _load_square(m_ptr + (bh % heads) * D * D, offs_d, D)
+        d_anchor = _load_square(dm_ptr + bh * D * D, offs_d, D)
     dw = _load_square(dw_ptr + bh * D * D, offs_d, D)
     ds = _load_square(ds_ptr + bh * D * D, offs_d, D)
     for step in range(0, c_end - c_begin):
@@ -581,6 +593,11 @@ def linear_memory_backward_kernel(
             + tl.dot(masked, k, input_precision=PREC)
         )
         q_t = tl.trans(q)
+        if ANCHOR:  # (1 − D) ⊙ (Q M_0) in Y and (1 − D_n) M_0 in W'
+            d_retain -= tl.sum(dy * tl.dot(q, anchor, input_precision=PREC), axis=1)
+            d_dn -= tl.sum(dw * anchor)
+            d_q += tl.dot(dy - retain_dy, tl.trans(anchor), input_precision=PREC)
+            d_anchor += (1.0 - d_n) * dw + tl.dot(q_t, dy - retain_dy, input_precision=PREC)
         new_dw = d_n * dw + tl.dot(q_t, retain_dy, input_precision=PREC)
         ds = c_n * dw + a_n * ds + tl.dot(q_t, carry_dy, input_precision=PREC)
 
@@ -596,3 +613,5 @@ def linear_memory_backward_kernel(
         )  # fmt: skip
     tl.store(dw_ptr + bh * D * D + square, dw)
     tl.store(ds_ptr + bh * D * D + square, ds)
+    if ANCHOR:
+        tl.store(dm_ptr + bh * D * D + square, d_anchor)
