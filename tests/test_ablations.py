@@ -28,7 +28,7 @@ def test_no_decay_has_no_forget_gate_and_keeps_weights_without_writes():
     _, s = mem(torch.randn(1, 6, 8, dtype=torch.float64))
     for w, w0 in zip(s.recurrent.weights, mem.initial_weights):
         assert torch.equal(w[0], w0.detach())
-    decaying = make(decay=True, momentum=False)
+    decaying = make(decay=True, momentum=False, decay_target="zero")  # towards M_0 it would stay (test_eq13)
     decaying.max_lr = 0.0
     _, s = decaying(torch.randn(1, 6, 8, dtype=torch.float64))
     assert (s.recurrent.weights[0][0] - decaying.initial_weights[0]).abs().max() > 1e-4

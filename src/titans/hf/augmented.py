@@ -66,6 +66,7 @@ class MemoryAugmentConfig:
     max_lr: float = 1.0
     momentum: bool = True
     decay: bool = True
+    decay_target: str = "initial"  # NeuralMemory's: forget towards M_0 (decision 9) or "zero" (eq. 13)
     conv: bool = True
     gate_init: float = 0.0
     freeze_base: bool = True
@@ -161,6 +162,7 @@ class MemoryAugmentedLM(nn.Module):
             chunk_size=c.chunk_size,
             momentum=c.momentum,
             decay=c.decay,
+            decay_target=c.decay_target,  # type: ignore[arg-type]
             conv=c.conv,
             max_lr=c.max_lr,
         )

@@ -183,14 +183,20 @@ def memory_step(memory: NeuralMemory, x: Tensor, st: State, prefix: str) -> tupl
     start = [torch.where(offset == 0, w, c) for w, c in zip(weights, chunk_start)]  # a new chunk (eq. 16)
     grads = per_token_inner_grads(start, k, v)
     theta = lr[:, :, 0, None, None]
+    anchor = memory._anchor(inner)
     new: State = {}
     for i, grad in enumerate(grads):
         step = -theta * grad[:, :, 0]
         if momentum is not None and log_momentum is not None:
             step = log_momentum[:, :, 0, None, None].exp() * momentum[i] + step  # eq. 14
             new[f"{prefix}s{i}"] = step
-        retain = 1.0 if log_retain is None else log_retain[:, :, 0, None, None].exp()
-        weights[i] = retain * weights[i] + step  # eq. 13
+        if log_retain is not None:
+            retain = log_retain[:, :, 0, None, None].exp()
+            # eq. 13, towards M_0 when the memory's decay_target is "initial" (decision 9)
+            target = 0.0 if anchor is None else (1 - retain) * anchor[i]
+            weights[i] = retain * weights[i] + target + step
+        else:
+            weights[i] = weights[i] + step
         new[f"{prefix}w{i}"] = weights[i]
         new[f"{prefix}c{i}"] = start[i]
     new[f"{prefix}offset"] = torch.remainder(offset + 1, memory.chunk_size)

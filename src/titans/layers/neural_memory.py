@@ -55,8 +55,9 @@ class NeuralMemory(nn.Module):
     output RMSNorm, a sigmoid gate from x, and the output projection.
 
     Ablations (paper Table 5): ``depth=1`` (linear memory), ``conv=False``, ``momentum=False`` (η = 0),
-    ``decay=False`` (α = 0). ``decay_target="initial"``: the forget gate decays the weights towards M_0
-    instead of 0 (decision 9), M_t = (1 − α_t) M_{t−1} + α_t M_0 + S_t.
+    ``decay=False`` (α = 0). ``decay_target``: what the forget gate decays the weights towards — ``"initial"``
+    (default, decision 9): M_t = (1 − α_t) M_{t−1} + α_t M_0 + S_t; ``"zero"``: eq. 13 as written, which lets
+    the LayerNorm-fed last layer of a deep memory shrink until training diverges (docs/benchmarks.md).
 
     ``impl`` — four implementations of one function: ``"reference"`` (token by token, autograd inner
     gradients), ``"chunked"`` (closed form per chunk, autograd backward), ``"fused"`` (whole chunks with a
@@ -75,7 +76,7 @@ class NeuralMemory(nn.Module):
         chunk_size: int = 16,
         momentum: bool = True,
         decay: bool = True,
-        decay_target: DecayTarget = "zero",
+        decay_target: DecayTarget = "initial",
         conv: bool = True,
         conv_kernel: int = 4,
         max_lr: float = 1.0,

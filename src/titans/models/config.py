@@ -47,7 +47,9 @@ class TitansConfig:
     chunk_size: int = 16  # b of eq. 16
     momentum: bool = True  # eq. 14; False: η = 0 (ablation)
     decay: bool = True  # eq. 13; False: α = 0 (ablation)
-    decay_target: str = "zero"  # what the forget gate decays towards: "zero" (eq. 13) or "initial" (M_0, decision 9)
+    decay_target: str = (
+        "initial"  # what the forget gate decays towards: M_0 ("initial", decision 9) or 0 ("zero", eq. 13)
+    )
     conv: bool = True  # depthwise causal conv after q/k/v (ablation: False)
     conv_kernel: int = 4
     max_lr: float = 1.0  # θ_max of decision 1

@@ -134,11 +134,18 @@ def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, ba
     }
 
 
-def _kernel(q: Tensor, n: int, hidden: int, precision: Precision, depth: int, backward: bool) -> tuple[Any, dict]:
+def _kernel(
+    q: Tensor, n: int, hidden: int, precision: Precision, depth: int, backward: bool, anchored: bool = False
+) -> tuple[Any, dict]:
     """The forward or backward kernel of a memory depth and its launch arguments (depth 1 keeps its D × D state
-    in registers: it takes no hidden blocks)."""
+    in registers: it takes no hidden blocks).
+
+    The depth-2 backward with an anchor at chunks over 32 rows runs its products in full fp32: in tf32 it needs
+    237,568 bytes of shared memory on an H100 (Triton 3.6), over the 232,448 there are."""
     from titans.ops import fused_kernels as kernels
 
+    if anchored and backward and depth == 2 and n > 32:
+        precision = "ieee"
     launch = _triton_launch_args(q, n, hidden, precision, backward, depth)
     if depth == 1:
         linear = kernels.linear_memory_backward_kernel if backward else kernels.linear_memory_forward_kernel
@@ -184,7 +191,7 @@ def _triton_backward(
     batch, heads, length, d = q.shape
     depth = len(grad_state) // 2
     bh, n_chunks, hidden = batch * heads, length // n, grad_state[0].shape[-1]
-    backward, launch = _kernel(q, n, hidden, precision, depth, backward=True)
+    backward, launch = _kernel(q, n, hidden, precision, depth, backward=True, anchored=anchor is not None)
     forward, recompute = _kernel(q, n, hidden, precision, depth, backward=False)
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_mix = Mixing(*(torch.empty_like(m) for m in mix))
