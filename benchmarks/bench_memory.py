@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -56,6 +57,7 @@ def ours(
     graph: bool = False,
     checkpoint_chunks: int = 0,
     depth: int = 2,
+    decay_target: str = "initial",
 ):
     from titans import NeuralMemory
 
@@ -69,6 +71,7 @@ def ours(
         check_inputs=False,
         compile_chunk_step=compile_step,
         checkpoint_chunks=checkpoint_chunks,
+        decay_target=decay_target,  # type: ignore[arg-type]
     ).cuda()
     x = torch.randn(batch, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     if graph:  # capture forward and backward once, replay: no per-kernel CPU launch cost
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, nargs="+", default=[16, 64])
     p.add_argument("--depth", type=int, default=2, help="memory depth (1: the linear memory)")
     p.add_argument("--impls", nargs="+", default=["chunked"])
+    p.add_argument(
+        "--decay-targets", nargs="+", default=["initial"], choices=["initial", "zero"], help="forget towards M_0 or 0"
+    )
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd chunk step")
     p.add_argument("--checkpoint-chunks", type=int, default=0, help="keep the state every G chunks for backward")
     p.add_argument("--graph", action="store_true", help="also time CUDA-graph replays of forward + backward")
@@ -161,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             for impl in args.impls:
                 variants = [(False, False)] + [(True, False)] * args.compile + [(False, True)] * args.graph
                 variants += [(True, True)] * (args.compile and args.graph)
-                for compiled, graph in variants:
+                for (compiled, graph), target in itertools.product(variants, args.decay_targets):
                     tag = "+compile" * compiled + "+graph" * graph
-                    name = f"titans {impl}{tag} depth {args.depth} chunk {chunk}, {shape}"
+                    name = f"titans {impl}{tag} depth {args.depth} chunk {chunk} to {target}, {shape}"
                     build = functools.partial(
                         ours, impl, args.dim, args.heads, chunk, batch, length, compiled, graph, args.checkpoint_chunks,
-                        args.depth,
+                        args.depth, target,
                     )  # fmt: skip
                     rows.append(measure(name, build, tokens, args.repeat))
                     print(rows[-1], flush=True)
