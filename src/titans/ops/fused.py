@@ -140,11 +140,12 @@ def _kernel(
     """The forward or backward kernel of a memory depth and its launch arguments (depth 1 keeps its D × D state
     in registers: it takes no hidden blocks).
 
-    The depth-2 backward with an anchor at chunks over 32 rows runs its products in full fp32: in tf32 it needs
-    237,568 bytes of shared memory on an H100 (Triton 3.6), over the 232,448 there are."""
+    With an anchor at chunks over 32 rows, the depth-2 backward and both depth-1 kernels run their products in
+    full fp32: in tf32 they need 237,568 / 245,792 bytes of shared memory on an H100 (Triton 3.6), over the
+    232,448 there are."""
     from titans.ops import fused_kernels as kernels
 
-    if anchored and backward and depth == 2 and n > 32:
+    if anchored and n > 32 and (backward or depth == 1):
         precision = "ieee"
     launch = _triton_launch_args(q, n, hidden, precision, backward, depth)
     if depth == 1:
@@ -174,7 +175,7 @@ def _triton_forward(
     n_ckpt = -(-n_chunks // every) if keep else 1
     ckpt = q.new_empty(bh, n_ckpt, 2 * depth * d * hidden)
     y = torch.empty_like(q)
-    kernel, launch = _kernel(q, n, hidden, precision, depth, backward=False)
+    kernel, launch = _kernel(q, n, hidden, precision, depth, backward=False, anchored=anchor is not None)
     anchors, flag = _anchor_args(q, anchor, depth)
     kernel[(bh,)](
         q, k, v, y, *mix, *work, ckpt, *anchors,
@@ -192,7 +193,7 @@ def _triton_backward(
     depth = len(grad_state) // 2
     bh, n_chunks, hidden = batch * heads, length // n, grad_state[0].shape[-1]
     backward, launch = _kernel(q, n, hidden, precision, depth, backward=True, anchored=anchor is not None)
-    forward, recompute = _kernel(q, n, hidden, precision, depth, backward=False)
+    forward, recompute = _kernel(q, n, hidden, precision, depth, backward=False, anchored=anchor is not None)
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_mix = Mixing(*(torch.empty_like(m) for m in mix))
     carried = [g.reshape(bh, *g.shape[2:]).contiguous().clone() for g in grad_state]  # dW…, dS…
