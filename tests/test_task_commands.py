@@ -104,6 +104,21 @@ def test_language_model_batch_labels_only_the_answer() -> None:
     assert input_ids[0, prompt : prompt + answer].tolist() == sample.answer_ids
 
 
+def test_language_model_batch_labels_every_next_token_with_loss_on_all() -> None:
+    short, long = generate_sniah_samples("s_niah_1", 400, 1)[0], generate_sniah_samples("s_niah_1", 420, 1)[0]
+    input_ids, labels = language_model_batch([short, long], loss_on="all")
+    for row, sample in enumerate((short, long)):
+        sequence = list(sample.prompt_ids) + list(sample.answer_ids)
+        assert labels[row, : len(sequence) - 1].tolist() == sequence[1:]  # position t predicts token t + 1
+        assert (labels[row, len(sequence) - 1 :] == -100).all()  # the last token and the padding: no target
+        assert input_ids[row, : len(sequence)].tolist() == sequence
+
+
+def test_loss_on_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"train\.loss_on"):
+        build_run_config("sniah-1", overrides=["train.loss_on=prompt"])
+
+
 def test_train_then_eval_sniah_with_generated_data(tmp_path: Path) -> None:
     run, data, evaluation = tmp_path / "run", tmp_path / "data", tmp_path / "eval"
     train = ["task", "train", "sniah-1", "--variant", "swa", "--out", str(run), "--lengths", "400"]

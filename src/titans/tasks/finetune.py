@@ -40,7 +40,7 @@ from titans.tasks.checkpoints import (
     resolve_init_checkpoint,
     save_weights,
 )
-from titans.tasks.run_config import TaskRunConfig, TaskTrainConfig
+from titans.tasks.run_config import LossOn, TaskRunConfig, TaskTrainConfig
 from titans.tasks.task_data import TextSample, text_samples
 
 METRICS_FILE = "metrics.jsonl"
@@ -248,22 +248,27 @@ def init_backbone(model: TitansLM, checkpoint: str | None, log: RunLog | None = 
         log.info(f"initialised the backbone from {files.weights}")
 
 
-def language_model_batch(samples: Sequence[TextSample], pad_id: int = 0) -> tuple[Tensor, Tensor]:
-    """``(input_ids, labels)`` (B, T): prompt + answer, right-padded; labels only where an answer token is next."""
+def language_model_batch(
+    samples: Sequence[TextSample], pad_id: int = 0, loss_on: LossOn = "answer"
+) -> tuple[Tensor, Tensor]:
+    """``(input_ids, labels)`` (B, T): prompt + answer, right-padded; labels where an answer token is next
+    (``loss_on="answer"``) or wherever any token of the sample is next (``"all"``), never on the padding."""
     sequences = [list(sample.prompt_ids) + list(sample.answer_ids) for sample in samples]
     width = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
     for row, (sample, sequence) in enumerate(zip(samples, sequences)):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        first = len(sample.prompt_ids)
-        answer = torch.tensor(list(sample.answer_ids), dtype=torch.long)
-        labels[row, first - 1 : first - 1 + len(answer)] = answer  # position t predicts token t + 1
+        tokens = torch.tensor(sequence, dtype=torch.long)
+        input_ids[row, : len(sequence)] = tokens
+        first = 1 if loss_on == "all" else len(sample.prompt_ids)
+        labels[row, first - 1 : len(sequence) - 1] = tokens[first:]  # position t predicts token t + 1
     return input_ids, labels
 
 
-def _lm_loss(model: nn.Module, samples: Sequence[TextSample], device: torch.device, precision: str) -> Tensor:
-    input_ids, labels = language_model_batch(samples)
+def _lm_loss(
+    model: nn.Module, samples: Sequence[TextSample], device: torch.device, precision: str, loss_on: LossOn = "answer"
+) -> Tensor:
+    input_ids, labels = language_model_batch(samples, loss_on=loss_on)
     with autocast(device, precision):
         output = model(input_ids.to(device), labels=labels.to(device))
     assert output.loss is not None
@@ -313,7 +318,7 @@ def train_text_task(config: TaskRunConfig, out_dir: str | Path, echo: bool = Tru
     precision = config.train.precision
 
     def loss_fn(model: nn.Module, indices: np.ndarray) -> Tensor:
-        return _lm_loss(model, [train_samples[int(i)] for i in indices], device, precision)
+        return _lm_loss(model, [train_samples[int(i)] for i in indices], device, precision, config.train.loss_on)
 
     validate = _text_validation(val_samples, config.train.batch_size, device, precision)
     result = run_training(model, config, out, len(train_samples), loss_fn, validate, log, checkpoint_metadata(config))

@@ -28,6 +28,7 @@ HeadKind = Literal["local", "final"]
 PositionEncoding = Literal["auto", "none", "sinusoidal"]
 ExportFormat = Literal["torch.export", "torchscript", "none"]
 Precision = Literal["auto", "fp32", "bf16"]
+LossOn = Literal["answer", "all"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ class TaskTrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", ...
     precision: Precision = "auto"  # "auto": bf16 autocast on CUDA, fp32 on the CPU
+    # Text tasks: which tokens the training loss covers — "answer" (only the answer, the default) or "all" (every
+    # next token of prompt and answer: the repeated haystack then teaches copying). Validation scores the answer.
+    loss_on: LossOn = "answer"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "log_every"):
