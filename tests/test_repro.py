@@ -20,7 +20,7 @@ from titans.models import preset
 from titans.models.presets import meta_model, nominal_parameters
 from titans.models.summary import count_parameters
 from titans.repro import collect_results, load_suite, publish, run_suite, write_report, write_results
-from titans.repro.report import markers
+from titans.repro.report import markdown_report, markers
 from titans.repro.runner import RECORD_FILE, config_changes, display_path
 from titans.training.config import load_run_config
 
@@ -71,7 +71,7 @@ def test_lm_suite_compares_the_six_models_at_equal_parameters_and_tokens():
 
 ABLATION_SWITCHES = {
     "lmm": ({}, ()),
-    "linear_memory": ({"memory_depth": 1}, ("linear_memory",)),
+    "linear_memory": ({"memory_depth": 1, "max_lr": 0.0625}, ("linear_memory",)),
     "no_conv": ({"conv": False}, ("no_conv",)),
     "no_momentum": ({"momentum": False}, ("no_momentum",)),
     "no_weight_decay": ({"decay": False}, ("no_weight_decay",)),
@@ -277,22 +277,30 @@ def test_publish_fills_the_suite_block_only(tiny_suite, tmp_path):
     assert "old text" not in text and "| Transformer++ |" in text
     assert "![held-out bits per byte per run](images/repro/tiny_lm/final_bpb.png)" in text
     assert {p.name for p in (page.parent / "images" / "repro" / "tiny_lm").iterdir()} == {p.name for p in plots}
+    assert json.loads((page.parent / "results" / "tiny_lm" / "results.json").read_text()) == results
     publish(results, plots, page)
     assert page.read_text() == text, "publishing again changes nothing"
     with pytest.raises(ConfigError, match="no block for suite"):
         publish({**results, "suite": {**results["suite"], "name": "other"}}, plots, page)
 
 
-def test_results_page_has_a_block_per_suite_and_no_numbers_yet():
+def test_results_page_blocks_render_again_from_the_published_results():
+    """Each number on docs/results.md comes from the results.json published beside it: the block is exactly the
+    report of that file (or, for a suite not run yet, every measured cell is a placeholder)."""
     page = (REPO / "docs" / "results.md").read_text()
     for name in ("lm", "ablations"):
         begin, end = markers(name)
-        block = page[page.index(begin) : page.index(end)]
-        assert "**Not run yet.**" in block
-        for run in load_suite(SUITES / f"{name}.yaml").run_names:
-            assert f"(`{run}`) — *not run yet*" in block
-        measured = [line.split(" | ")[4] for line in block.splitlines() if line.startswith("| ") and "`" in line]
-        assert measured and set(measured) == {"*not run yet*"}, "no measured number before the runs are made"
+        block = page[page.index(begin) + len(begin) + 1 : page.index(end)]
+        published = REPO / "docs" / "results" / name / "results.json"
+        if not published.is_file():
+            measured = [line.split(" | ")[4] for line in block.splitlines() if line.startswith("| ") and "`" in line]
+            assert measured and set(measured) == {"*not run yet*"}, "no measured number without results.json"
+            continue
+        results = json.loads(published.read_text())
+        assert [run["name"] for run in results["runs"]] == load_suite(SUITES / f"{name}.yaml").run_names
+        images = [line[line.index("](") + 2 : -1] for line in block.splitlines() if line.startswith("![")]
+        assert all((REPO / "docs" / image).is_file() for image in images)
+        assert block == markdown_report(results, images)
 
 
 # ------------------------------------------------------------------------------------------------ the notebook

@@ -55,6 +55,10 @@ class NeuralMemory(nn.Module):
     the recurrence (eqs. 8–18) from the learned M_0 (decision 2); y_t = M_t(q_t) (eq. 15, decision 4);
     output RMSNorm, a sigmoid gate from x, and the output projection.
 
+    ``max_lr`` is θ_max. A chunk takes all its gradient steps at the chunk-start weights, so its summed step is
+    Σ θ_t ‖k_t‖² over the chunk; a deep memory's output LayerNorm bounds the error that step multiplies, a linear
+    memory's does not: keep θ_max ≤ 1/chunk_size for ``depth=1`` (at 1 the `small` LMM overflowed to NaN).
+
     Ablations (paper Table 5): ``depth=1`` (linear memory), ``conv=False``, ``momentum=False`` (η = 0),
     ``decay=False`` (α = 0). ``decay_target``: what the forget gate decays the weights towards — ``"initial"``
     (default, decision 9): M_t = (1 − α_t) M_{t−1} + α_t M_0 + S_t; ``"zero"``: eq. 13 as written, which lets

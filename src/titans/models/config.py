@@ -52,7 +52,7 @@ class TitansConfig:
     )
     conv: bool = True  # depthwise causal conv after q/k/v (ablation: False)
     conv_kernel: int = 4
-    max_lr: float = 1.0  # θ_max of decision 1
+    max_lr: float = 1.0  # θ_max of decision 1 (a linear memory wants ≤ 1/chunk_size: presets.LINEAR_MEMORY_MAX_LR)
     impl: str = "auto"  # NeuralMemory's: "auto" (Triton on CUDA, else chunked), "fused", "chunked", "reference"
     memory_layers: tuple[int, ...] | None = None  # blocks with a memory (MAC/MAG/MAL); None: every block
     # Attention.

@@ -53,8 +53,13 @@ _PRESETS: dict[str, tuple[dict[str, Any], int | None]] = {
 
 PAPER_PRESETS = ("170M", "340M", "760M", "1.3B")
 
+# A linear memory has no output LayerNorm to bound its error, so the chunk's summed inner step Σ θ_t ‖k_t‖² must
+# stay small itself: at θ_max = 1 and chunks of 16 similar keys it overshoots and grows until it overflows (the
+# `small` LMM went NaN at step 4 on every implementation, docs/results.md). θ_max = 1/16 keeps it ≤ 1 there.
+LINEAR_MEMORY_MAX_LR = 1 / 16
+
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "linear_memory": {"memory_depth": 1},
+    "linear_memory": {"memory_depth": 1, "max_lr": LINEAR_MEMORY_MAX_LR},
     "no_conv": {"conv": False},
     "no_momentum": {"momentum": False},
     "no_weight_decay": {"decay": False},

@@ -25,6 +25,7 @@ from typing import Any
 
 from titans.config_io import ConfigError
 from titans.plotting import pyplot, save_figure
+from titans.repro.collect import write_results
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "results.md"
@@ -321,7 +322,9 @@ def markers(suite_name: str) -> tuple[str, str]:
 
 
 def publish(results: dict[str, Any], plots: Iterable[Path], page: str | Path) -> Path:
-    """Replace the suite's block of the markdown ``page`` with the report; copy the plots beside the page.
+    """Replace the suite's block of the markdown ``page`` with the report; copy the plots beside the page
+    (``images/repro/SUITE/``) and the results the block is made from (``results/SUITE/results.json``), so every
+    published number can be traced, and the block rendered again, from files next to the page.
 
     Raises :class:`ConfigError` when the page lacks the two markers of the suite.
     """
@@ -341,6 +344,7 @@ def publish(results: dict[str, Any], plots: Iterable[Path], page: str | Path) ->
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(plot, target / plot.name)
         images.append((image_dir / plot.name).as_posix())
+    write_results(results, page.parent / "results" / name)
     block = f"{begin}\n{markdown_report(results, images)}{end}"
     page.write_text(text[:start] + block + text[stop + len(end) :], encoding="utf-8")
     return page
