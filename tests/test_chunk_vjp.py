@@ -56,14 +56,18 @@ def test_layer_norm_second_order_matches_autograd():
     torch.testing.assert_close(layer_norm_second_order(z.detach(), grad_out, upstream), expected)
 
 
+@pytest.mark.parametrize("anchored", [False, True], ids=["towards-0", "towards-M0"])
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("n", [1, 3, 8])
-def test_chunk_forward_and_backward_match_autograd(depth, n):
+def test_chunk_forward_and_backward_match_autograd(depth, n, anchored):
     q, k, v, weights, surprise, gates = _problem(depth, n, seed=10 * depth + n)
+    g = torch.Generator().manual_seed(7)  # M_0: one per head (dim 1 of the batch), shared over dim 0
+    anchor = [torch.randn(w.shape[1:], generator=g, dtype=DT).requires_grad_(True) for w in weights]
+    anchor_or_none = anchor if anchored else None
     mixing = chunk_mixing(*gates)
-    y_ref, w_ref, s_ref = _chunk_span(q, k, v, mixing, weights, surprise, weights)
+    y_ref, w_ref, s_ref = _chunk_span(q, k, v, mixing, weights, surprise, weights, anchor_or_none)
     assert s_ref is not None
-    y, w_new, s_new, _ = chunk_forward(q, k, v, _mixing(*gates), weights, surprise)
+    y, w_new, s_new, _ = chunk_forward(q, k, v, _mixing(*gates), weights, surprise, anchor_or_none)
     torch.testing.assert_close(y, y_ref)
     for a, b in zip(w_new + s_new, w_ref + s_ref):
         torch.testing.assert_close(a, b)
@@ -72,7 +76,7 @@ def test_chunk_forward_and_backward_match_autograd(depth, n):
     grad_y = torch.randn(y.shape, generator=g, dtype=DT)
     grad_w = [torch.randn(w.shape, generator=g, dtype=DT) for w in w_ref]
     grad_s = [torch.randn(s.shape, generator=g, dtype=DT) for s in s_ref]
-    leaves = [q, k, v, *weights, *surprise, *gates]
+    leaves = [q, k, v, *weights, *surprise, *gates, *(anchor if anchored else [])]
     expected = torch.autograd.grad([y_ref, *w_ref, *s_ref], leaves, [grad_y, *grad_w, *grad_s])
 
     with torch.no_grad():
@@ -86,10 +90,15 @@ def test_chunk_forward_and_backward_match_autograd(depth, n):
             grad_y,
             grad_w,
             grad_s,
+            None if anchor_or_none is None else [m.detach() for m in anchor_or_none],
         )
+    assert (grads.anchor is None) == (not anchored)
     mix = _mixing(*gates)  # gate gradients: through the (autograd) mixing coefficients
     gate_grads = torch.autograd.grad(list(mix), list(gates), list(grads.mixing))
-    actual = [grads.q, grads.k, grads.v, *grads.weights, *grads.surprise, *gate_grads]
+    anchor_grads = [g.sum(0) for g in grads.anchor] if grads.anchor is not None else []  # shared over the batch
+    actual = [grads.q, grads.k, grads.v, *grads.weights, *grads.surprise, *gate_grads, *anchor_grads]
     names = ["q", "k", "v"] + [f"W{i}" for i in range(depth)] + [f"S{i}" for i in range(depth)] + ["lr", "eta", "alpha"]
+    names += [f"M0_{i}" for i in range(depth)] if anchored else []
+    assert len(actual) == len(expected) == len(names)
     for name, a, b in zip(names, actual, expected):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"grad of {name}: {m}")

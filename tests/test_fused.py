@@ -67,12 +67,13 @@ CASES = [  # depth, length, chunk, offset, momentum, decay, checkpoint_every
 ]
 
 
+@pytest.mark.parametrize("anchored", [False, True], ids=["towards-0", "towards-M0"])
 @pytest.mark.parametrize(("depth", "length", "chunk", "offset", "momentum", "decay", "every"), CASES)
-def test_torch_backend_matches_chunked(depth, length, chunk, offset, momentum, decay, every):
+def test_torch_backend_matches_chunked(depth, length, chunk, offset, momentum, decay, every, anchored):
     args = _inputs(depth, length, momentum=momentum, decay=decay)
-    expected, expected_grads, expected_offset = _run(memory_recurrence_chunked, *args, chunk, offset)
+    expected, expected_grads, expected_offset = _run(memory_recurrence_chunked, *args, chunk, offset, anchored)
     actual, grads, actual_offset = _run(
-        memory_recurrence_fused, *args, chunk, offset, backend="torch", checkpoint_every=every
+        memory_recurrence_fused, *args, chunk, offset, anchored, backend="torch", checkpoint_every=every
     )
     assert actual_offset == expected_offset
     for a, b in zip(actual, expected):

@@ -82,20 +82,33 @@ class ChunkTape:
     query_pre: list[Tensor]  # H_l (query path pre-activations)
     query_w: list[Tensor]  # X_l W_l
     query_s: list[Tensor]  # X_l S_l
+    query_m: list[Tensor] | None  # X_l M_0,l (with an anchor)
 
 
-def _dual(x: Tensor, key_in: Tensor, delta: Tensor, w: Tensor, s: Tensor, mix: Mixing) -> tuple[Tensor, Tensor, Tensor]:
-    """H = D ⊙ (X W) + c ⊙ (X S) − ((X Aᵀ) ⊙ Γ) Δ; returns (H, X W, X S)."""
+def _dual(
+    x: Tensor, key_in: Tensor, delta: Tensor, w: Tensor, s: Tensor, mix: Mixing, m: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """H = D ⊙ (X W) + c ⊙ (X S) − ((X Aᵀ) ⊙ Γ) Δ [+ (1 − D) ⊙ (X M_0)]; returns (H, X W, X S, X M_0)."""
     xw, xs = x @ w, x @ s
     scores = (x @ key_in.transpose(-1, -2)) * mix.grad_mix
     h = mix.retain.unsqueeze(-1) * xw + mix.carry.unsqueeze(-1) * xs - scores @ delta
-    return h, xw, xs
+    xm = None if m is None else x @ m
+    if xm is not None:
+        h = h + (1 - mix.retain).unsqueeze(-1) * xm
+    return h, xw, xs, xm
 
 
 def chunk_forward(
-    q: Tensor, k: Tensor, v: Tensor, mix: Mixing, weights: list[Tensor], surprise: list[Tensor]
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mix: Mixing,
+    weights: list[Tensor],
+    surprise: list[Tensor],
+    anchor: list[Tensor] | None = None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], ChunkTape]:
-    """One aligned chunk (depth 1 or 2): outputs (…, n, d), the state after it, and the tape."""
+    """One aligned chunk (depth 1 or 2): outputs (…, n, d), the state after it, and the tape. ``anchor``: M_0
+    per layer (broadcast over the leading dimensions), which the forget gate decays towards (decision 9)."""
     depth = len(weights)
     if depth == 1:
         hidden = act = z = None
@@ -112,13 +125,15 @@ def chunk_forward(
         deltas = [delta1, delta2]
         key_inputs = [k, act]
     x = q
-    query_inputs, query_pre, query_w, query_s = [], [], [], []
+    query_inputs, query_pre, query_w, query_s, query_m = [], [], [], [], []
     for layer in range(depth):
-        h, xw, xs = _dual(x, key_inputs[layer], deltas[layer], weights[layer], surprise[layer], mix)
+        m = None if anchor is None else anchor[layer]
+        h, xw, xs, xm = _dual(x, key_inputs[layer], deltas[layer], weights[layer], surprise[layer], mix, m)
         query_inputs.append(x)
         query_pre.append(h)
         query_w.append(xw)
         query_s.append(xs)
+        query_m.append(xm)
         x = gelu(h)
     y = query_pre[0] if depth == 1 else q + layer_norm(query_pre[-1])
     gamma = mix.grad_mix[..., -1, :].unsqueeze(-1)
@@ -131,7 +146,10 @@ def chunk_forward(
         a_t = a.transpose(-1, -2)
         new_weights.append(d_n * w + c_n * s - a_t @ (gamma * delta))
         new_surprise.append(a_n * s - a_t @ (pi * delta))
-    tape = ChunkTape(hidden, act, z, err, deltas, query_inputs, query_pre, query_w, query_s)
+    if anchor is not None:  # W' gains (1 − D_n) M_0
+        new_weights = [w + (1 - d_n) * m for w, m in zip(new_weights, anchor)]
+    anchored = None if anchor is None else [xm for xm in query_m if xm is not None]
+    tape = ChunkTape(hidden, act, z, err, deltas, query_inputs, query_pre, query_w, query_s, anchored)
     return y, new_weights, new_surprise, tape
 
 
@@ -144,6 +162,7 @@ class ChunkGrads(NamedTuple):
     mixing: Mixing
     weights: list[Tensor]
     surprise: list[Tensor]
+    anchor: list[Tensor] | None  # per (…) program, like the state: sum over the batch for M_0's gradient
 
 
 def _rowsum(a: Tensor, b: Tensor) -> Tensor:
@@ -160,10 +179,11 @@ def chunk_backward(
     grad_y: Tensor,
     grad_new_weights: list[Tensor],
     grad_new_surprise: list[Tensor],
+    anchor: list[Tensor] | None = None,
 ) -> ChunkGrads:
     """The vector-Jacobian product of :func:`chunk_forward`, by hand (recomputes the forward first)."""
     depth = len(weights)
-    _, _, _, tape = chunk_forward(q, k, v, mix, weights, surprise)
+    _, _, _, tape = chunk_forward(q, k, v, mix, weights, surprise, anchor)
     key_inputs = [k] if depth == 1 else [k, tape.act]
     gamma = mix.grad_mix[..., -1, :]
     pi = mix.momentum_mix_last
@@ -181,6 +201,8 @@ def chunk_backward(
     grad_gamma = torch.zeros_like(gamma)
     grad_pi = torch.zeros_like(pi)
     grad_d_n = grad_c_n = grad_a_n = torch.zeros_like(mix.momentum_decay_last)
+    # M_0: (1 − D_n) M_0 in W' and (1 − D) ⊙ (X M_0) in H, per program (shaped like the state).
+    grad_anchor = None if anchor is None else [(1 - d_n) * gw for gw in grad_new_weights]
 
     # State updates: W' = D_n W + c_n S − Aᵀ(γ⊙Δ), S' = A_n S − Aᵀ(π⊙Δ).
     for layer in range(depth):
@@ -189,7 +211,7 @@ def chunk_backward(
         assert a is not None
         grad_w.append(d_n * gw)
         grad_s.append(c_n * gw + a_n * gs)
-        grad_d_n = grad_d_n + (gw * w).sum(dim=(-1, -2))
+        grad_d_n = grad_d_n + (gw * (w if anchor is None else w - anchor[layer])).sum(dim=(-1, -2))
         grad_c_n = grad_c_n + (gw * s).sum(dim=(-1, -2))
         grad_a_n = grad_a_n + (gs * s).sum(dim=(-1, -2))
         a_gw, a_gs = a @ gw, a @ gs  # (…, n, d_out)
@@ -222,6 +244,11 @@ def chunk_backward(
         grad_w[layer] += x.transpose(-1, -2) @ retain_h
         grad_s[layer] += x.transpose(-1, -2) @ carry_h
         grad_x = retain_h @ w.transpose(-1, -2) + carry_h @ s.transpose(-1, -2) + masked @ a
+        if anchor is not None and grad_anchor is not None and tape.query_m is not None:
+            rest_h = grad_h - retain_h  # (1 − D) ⊙ ∂H
+            grad_retain -= _rowsum(grad_h, tape.query_m[layer])
+            grad_anchor[layer] = grad_anchor[layer] + x.transpose(-1, -2) @ rest_h
+            grad_x = grad_x + rest_h @ anchor[layer].transpose(-1, -2)
         if layer == 0:
             grad_q = grad_q + grad_x
         else:
@@ -254,4 +281,4 @@ def chunk_backward(
     grad_retain[..., -1] += grad_d_n
     grad_carry[..., -1] += grad_c_n
     mixing_grads = Mixing(grad_retain, grad_carry, grad_mix, grad_pi, grad_a_n)
-    return ChunkGrads(grad_q, grad_k, grad_v, mixing_grads, grad_w, grad_s)
+    return ChunkGrads(grad_q, grad_k, grad_v, mixing_grads, grad_w, grad_s, grad_anchor)

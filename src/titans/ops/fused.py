@@ -71,7 +71,7 @@ def _mix_at(mix: Mixing, c: int) -> Mixing:
     return Mixing(*(m[:, :, c] for m in mix))
 
 
-def _torch_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool):
+def _torch_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, anchor=None):
     """Chunk loop with :func:`chunk_forward`: outputs, final state, and the state every ``every`` chunks."""
     depth = len(state) // 2
     weights, surprise = state[:depth], state[depth:]
@@ -80,39 +80,45 @@ def _torch_forward(q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int
         if keep and c % every == 0:
             checkpoints.append(weights + surprise)
         y, weights, surprise, _ = chunk_forward(
-            _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), weights, surprise
+            _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), weights, surprise, anchor
         )
         outputs.append(y)
     return torch.cat(outputs, dim=2), weights + surprise, checkpoints
 
 
-def _torch_backward(q, k, v, mix: Mixing, checkpoints, grad_y, grad_state: list[Tensor], n: int, every: int):
+def _torch_backward(
+    q, k, v, mix: Mixing, checkpoints, grad_y, grad_state: list[Tensor], n: int, every: int, anchor=None
+):
     depth = len(grad_state) // 2
     n_chunks = q.shape[2] // n
     grads_q, grads_k, grads_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     grads_mix = [torch.zeros_like(m) for m in mix]
     grad_w, grad_s = list(grad_state[:depth]), list(grad_state[depth:])
+    grad_anchor = None if anchor is None else [torch.zeros_like(w) for w in grad_w]  # per program, summed below
     for group in reversed(range(len(checkpoints))):
         first, last = group * every, min(n_chunks, (group + 1) * every)
         states = [checkpoints[group]]
         for c in range(first, last - 1):
             s = states[-1]
             _, w, sp, _ = chunk_forward(
-                _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), s[:depth], s[depth:]
+                _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), s[:depth], s[depth:], anchor
             )
             states.append(w + sp)
         for c in reversed(range(first, last)):
             s = states[c - first]
             g = chunk_backward(
                 _chunk(q, c, n), _chunk(k, c, n), _chunk(v, c, n), _mix_at(mix, c), s[:depth], s[depth:],
-                _chunk(grad_y, c, n), grad_w, grad_s,
+                _chunk(grad_y, c, n), grad_w, grad_s, anchor,
             )  # fmt: skip
             for full, part in ((grads_q, g.q), (grads_k, g.k), (grads_v, g.v)):
                 _chunk(full, c, n).copy_(part)
             for full, part in zip(grads_mix, g.mixing):
                 full[:, :, c] = part
             grad_w, grad_s = g.weights, g.surprise
-    return grads_q, grads_k, grads_v, Mixing(*grads_mix), grad_w + grad_s
+            if grad_anchor is not None and g.anchor is not None:
+                grad_anchor = [total + part for total, part in zip(grad_anchor, g.anchor)]
+    anchor_grads = [] if grad_anchor is None else [g.sum(0) for g in grad_anchor]  # M_0 is shared over the batch
+    return grads_q, grads_k, grads_v, Mixing(*grads_mix), grad_w + grad_s + anchor_grads
 
 
 def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, backward: bool, depth: int) -> dict:
@@ -229,7 +235,7 @@ def _triton_backward(
 
 class _FusedChunks(torch.autograd.Function):
     """Whole chunks, aligned state: (q, k, v, mixing, W…, S…[, M_0…]) → (y, W'…, S'…). The anchor M_0 of
-    decision 9 (Triton backend only) follows the state when ``config`` says it is there."""
+    decision 9 follows the state when ``config`` says it is there."""
 
     @staticmethod
     def forward(ctx, config, q, k, v, retain, carry, grad_mix, pi, a_last, *state_and_anchor):
@@ -241,9 +247,9 @@ class _FusedChunks(torch.autograd.Function):
             y, final, ckpt = _triton_forward(q, k, v, mix, state, n, every, keep, precision, anchor)
             ctx.save_for_backward(q, k, v, *mix, ckpt, *(anchor or []))
         else:
-            y, final, checkpoints = _torch_forward(q, k, v, mix, list(state), n, every, keep)
+            y, final, checkpoints = _torch_forward(q, k, v, mix, list(state), n, every, keep, anchor)
             ctx.checkpoints = checkpoints
-            ctx.save_for_backward(q, k, v, *mix)
+            ctx.save_for_backward(q, k, v, *mix, *(anchor or []))
         ctx.config = config
         return (y, *final)
 
@@ -259,8 +265,9 @@ class _FusedChunks(torch.autograd.Function):
                 q, k, v, mix, rest[5], grad_y, list(grad_state), n, every, precision, anchor
             )
         else:
+            anchor = list(rest[5:]) if anchored else None
             gq, gk, gv, gmix, gstate = _torch_backward(
-                q, k, v, mix, ctx.checkpoints, grad_y, list(grad_state), n, every
+                q, k, v, mix, ctx.checkpoints, grad_y, list(grad_state), n, every, anchor
             )
         return (None, gq, gk, gv, *gmix, *gstate)
 
@@ -306,7 +313,7 @@ def memory_recurrence_fused(
     ``checkpoint_every``: the forward keeps the state of every such chunk for the backward (1 = every chunk,
     no recomputation). ``precision`` of the Triton matrix products: ``"ieee"`` (exact fp32) or ``"tf32"``.
     ``anchor``: M_0 (one (H, d_in, d_out) tensor per layer), the weights the forget gate decays towards
-    (decision 9); the Triton kernels take it, the PyTorch backend then runs :func:`memory_recurrence_chunked`.
+    (decision 9); both backends take it.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -315,7 +322,7 @@ def memory_recurrence_fused(
     body = (length - head) // n * n
     if anchor is not None and log_retain is None:
         anchor = None  # no forgetting: nothing decays towards the anchor
-    if body == 0 or (anchor is not None and backend != "triton"):
+    if body == 0:
         return memory_recurrence_chunked(queries, keys, values, lr, log_momentum, log_retain, state, n, anchor=anchor)
 
     def part(t: Tensor | None, lo: int, hi: int) -> Tensor | None:
