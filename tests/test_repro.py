@@ -303,6 +303,19 @@ def test_results_page_blocks_render_again_from_the_published_results():
         assert block == markdown_report(results, images)
 
 
+def test_readme_language_model_table_is_the_published_results():
+    """The README's language-modelling table repeats docs/results/lm/results.json (3 decimals), not hand-typed drift."""
+    results = json.loads((REPO / "docs" / "results" / "lm" / "results.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Language modelling on the books corpus") : readme.index("**MAC trains stably")]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    table = {cells[0].strip(): [cell.strip().strip("*") for cell in cells[1:]] for cells in rows[1:]}
+    for run in results["runs"]:
+        (label,) = [name for name in table if name.split(" (")[0] == run["label"]]
+        buckets = run["eval"]["test"]["by_position"]["buckets"]
+        assert table[label] == [f"{run['bits']:.3f}", *(f"{bucket['bits']:.3f}" for bucket in buckets)], label
+
+
 # ------------------------------------------------------------------------------------------------ the notebook
 
 
