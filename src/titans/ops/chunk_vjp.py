@@ -82,7 +82,7 @@ class ChunkTape:
     query_pre: list[Tensor]  # H_l (query path pre-activations)
     query_w: list[Tensor]  # X_l W_l
     query_s: list[Tensor]  # X_l S_l
-    query_m: list[Tensor] | None  # X_l M_0,l (with an anchor)
+    query_m: list[Tensor | None]  # X_l M_0,l (None per layer without an anchor)
 
 
 def _dual(
@@ -125,7 +125,8 @@ def chunk_forward(
         deltas = [delta1, delta2]
         key_inputs = [k, act]
     x = q
-    query_inputs, query_pre, query_w, query_s, query_m = [], [], [], [], []
+    query_inputs, query_pre, query_w, query_s = [], [], [], []
+    query_m: list[Tensor | None] = []
     for layer in range(depth):
         m = None if anchor is None else anchor[layer]
         h, xw, xs, xm = _dual(x, key_inputs[layer], deltas[layer], weights[layer], surprise[layer], mix, m)
@@ -148,8 +149,7 @@ def chunk_forward(
         new_surprise.append(a_n * s - a_t @ (pi * delta))
     if anchor is not None:  # W' gains (1 − D_n) M_0
         new_weights = [w + (1 - d_n) * m for w, m in zip(new_weights, anchor)]
-    anchored = None if anchor is None else [xm for xm in query_m if xm is not None]
-    tape = ChunkTape(hidden, act, z, err, deltas, query_inputs, query_pre, query_w, query_s, anchored)
+    tape = ChunkTape(hidden, act, z, err, deltas, query_inputs, query_pre, query_w, query_s, query_m)
     return y, new_weights, new_surprise, tape
 
 
@@ -244,9 +244,10 @@ def chunk_backward(
         grad_w[layer] += x.transpose(-1, -2) @ retain_h
         grad_s[layer] += x.transpose(-1, -2) @ carry_h
         grad_x = retain_h @ w.transpose(-1, -2) + carry_h @ s.transpose(-1, -2) + masked @ a
-        if anchor is not None and grad_anchor is not None and tape.query_m is not None:
+        query_m = tape.query_m[layer]
+        if anchor is not None and grad_anchor is not None and query_m is not None:
             rest_h = grad_h - retain_h  # (1 − D) ⊙ ∂H
-            grad_retain -= _rowsum(grad_h, tape.query_m[layer])
+            grad_retain -= _rowsum(grad_h, query_m)
             grad_anchor[layer] = grad_anchor[layer] + x.transpose(-1, -2) @ rest_h
             grad_x = grad_x + rest_h @ anchor[layer].transpose(-1, -2)
         if layer == 0:
