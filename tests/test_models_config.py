@@ -181,3 +181,12 @@ def test_loss_ignores_minus_100(model: TitansLM) -> None:
     torch.testing.assert_close(out.loss, expected)
     none = model(ids, labels=torch.full_like(ids, -100)).loss
     assert none is not None and float(none.detach()) == 0.0
+
+
+def test_config_and_layer_accept_the_same_options() -> None:
+    """models.config keeps its own copies (it imports no torch); they must match NeuralMemory's."""
+    from titans.layers import neural_memory
+    from titans.models import config
+
+    assert config.IMPLS == neural_memory.IMPLS
+    assert config.DECAY_TARGETS == neural_memory.DECAY_TARGETS
