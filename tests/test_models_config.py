@@ -108,6 +108,7 @@ def test_ablation_switches_change_what_they_claim() -> None:
         ({"memory_heads": 3}, "memory_heads"),
         ({"impl": "triton"}, "impl"),
         ({"decay_target": "one"}, "decay_target"),
+        ({"memory_checkpoint_chunks": -1}, "memory_checkpoint_chunks"),
         ({"persistent_tokens": -1}, "persistent_tokens"),
         ({"variant": "lmm", "memory_layers": (0,)}, "memory_layers"),
         ({"variant": "mag", "memory_layers": (2,)}, "memory_layers"),
@@ -190,3 +191,23 @@ def test_config_and_layer_accept_the_same_options() -> None:
 
     assert config.IMPLS == neural_memory.IMPLS
     assert config.DECAY_TARGETS == neural_memory.DECAY_TARGETS
+
+
+def test_memory_checkpoint_chunks_saves_memory_not_results() -> None:
+    """memory_checkpoint_chunks recomputes chunks in backward: same loss and gradients, same fingerprint."""
+    base = preset("tiny", "lmm", vocab_size=20, memory_depth=3, chunk_size=2, impl="chunked")
+    checkpointed = TitansConfig(**{**base.to_dict(), "memory_checkpoint_chunks": 2})
+    assert checkpointed.fingerprint() == base.fingerprint()
+    ids = torch.randint(0, 20, (2, 11), generator=torch.Generator().manual_seed(1))
+    results = []
+    for config in (base, checkpointed):
+        torch.manual_seed(0)
+        model = TitansLM(config).double()
+        loss = model(ids, labels=ids.roll(-1, dims=1)).loss
+        assert loss is not None
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    assert all(m.checkpoint_chunks == 2 for m in TitansLM(checkpointed).modules() if hasattr(m, "checkpoint_chunks"))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for plain, recomputed in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(plain, recomputed)

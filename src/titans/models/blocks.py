@@ -100,6 +100,7 @@ def make_memory(config: TitansConfig) -> NeuralMemory:
         max_lr=config.max_lr,
         impl=config.impl,  # type: ignore[arg-type]
         check_inputs=config.check_inputs,
+        checkpoint_chunks=config.memory_checkpoint_chunks,
     )
 
 

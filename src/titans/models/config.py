@@ -19,7 +19,7 @@ DECAY_TARGETS = ("zero", "initial")  # NeuralMemory's decay_target
 MAX_MEMORY_DEPTH = 4
 
 # Options that change how a state is computed but not what it means: left out of the fingerprint.
-_NOT_FINGERPRINTED = frozenset({"impl", "check_inputs", "init_std"})
+_NOT_FINGERPRINTED = frozenset({"impl", "check_inputs", "init_std", "memory_checkpoint_chunks"})
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TitansConfig:
     conv_kernel: int = 4
     max_lr: float = 1.0  # θ_max of decision 1 (a linear memory wants ≤ 1/chunk_size: presets.LINEAR_MEMORY_MAX_LR)
     impl: str = "auto"  # NeuralMemory's: "auto" (Triton on CUDA, else chunked), "fused", "chunked", "reference"
+    memory_checkpoint_chunks: int = 0  # NeuralMemory's checkpoint_chunks: keep the state every G chunks for backward
     memory_layers: tuple[int, ...] | None = None  # blocks with a memory (MAC/MAG/MAL); None: every block
     # Attention.
     window: int = 512  # sliding window (MAG, MAL, SWA): a query sees itself and window − 1 earlier tokens
@@ -128,6 +129,7 @@ class TitansConfig:
             "decay_target", self.decay_target in DECAY_TARGETS, f"unknown {self.decay_target!r}; one of {DECAY_TARGETS}"
         )
         _require("impl", self.impl in IMPLS, f"unknown implementation {self.impl!r}; choose one of {IMPLS}")
+        _require("memory_checkpoint_chunks", self.memory_checkpoint_chunks >= 0, "must be >= 0 (0: the default)")
         if self.memory_layers is None:
             return
         _require("memory_layers", self.variant in ("mac", "mag", "mal"), f"is not an option of {self.variant!r}")

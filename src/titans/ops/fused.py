@@ -121,22 +121,28 @@ def _torch_backward(
     return grads_q, grads_k, grads_v, Mixing(*grads_mix), grad_w + grad_s + anchor_grads
 
 
+def _tuning(name: str, backward: bool, default: int) -> int:
+    """A launch parameter, overridable for tuning (``benchmarks/tune_fused.py``): ``TITANS_FUSED_{name}_FWD`` /
+    ``_BWD`` for one direction, ``TITANS_FUSED_{name}`` for both."""
+    env = os.environ.get
+    return int(env(f"TITANS_FUSED_{name}_{'BWD' if backward else 'FWD'}") or env(f"TITANS_FUSED_{name}") or default)
+
+
 def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, backward: bool, depth: int) -> dict:
     """Block sizes: the whole chunk (≥ 16 rows) and a block of the hidden width that fits shared memory
     (228 KB on Hopper: the backward at 64-row chunks needs 16-column blocks). Depth 1 holds its D × D state
     (and in the backward its gradient) in registers: 8 warps, where 4 spill (ptxas, sm_90, D = 64)."""
     block_n = max(16, 1 << (n - 1).bit_length())
     widest = (16 if block_n > 32 else 32) if backward else (32 if block_n > 32 else 64)
-    env = os.environ.get
-    block_e = int(env("TITANS_FUSED_BLOCK_E", 0)) or max(b for b in (16, 32, 64) if b <= widest and hidden % b == 0)
+    block_e = max(b for b in (16, 32, 64) if b <= widest and hidden % b == 0)
     return {
         "D": q.shape[-1],
         "E": hidden,
         "BLOCK_N": block_n,
-        "BLOCK_E": block_e,
+        "BLOCK_E": _tuning("BLOCK_E", backward, block_e),
         "PREC": precision,
-        "num_warps": int(env("TITANS_FUSED_WARPS", 8 if depth == 1 else 4)),
-        "num_stages": int(env("TITANS_FUSED_STAGES", 1)),
+        "num_warps": _tuning("WARPS", backward, 8 if depth == 1 else 4),
+        "num_stages": _tuning("STAGES", backward, 1),
     }
 
 
