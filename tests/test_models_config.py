@@ -193,8 +193,9 @@ def test_config_and_layer_accept_the_same_options() -> None:
     assert config.DECAY_TARGETS == neural_memory.DECAY_TARGETS
 
 
-def test_memory_checkpoint_chunks_saves_memory_not_results() -> None:
-    """memory_checkpoint_chunks recomputes chunks in backward: same loss and gradients, same fingerprint."""
+def test_memory_checkpointing_and_compiling_change_no_results() -> None:
+    """memory_checkpoint_chunks recomputes chunks in backward: same loss and gradients, same fingerprint; so does
+    memory_compile_chunk_step (not run here: compiling takes a minute on the CPU), which reaches every layer."""
     base = preset("tiny", "lmm", vocab_size=20, memory_depth=3, chunk_size=2, impl="chunked")
     checkpointed = TitansConfig(**{**base.to_dict(), "memory_checkpoint_chunks": 2})
     assert checkpointed.fingerprint() == base.fingerprint()
@@ -208,6 +209,10 @@ def test_memory_checkpoint_chunks_saves_memory_not_results() -> None:
         loss.backward()
         results.append((loss.detach(), [p.grad for p in model.parameters()]))
     assert all(m.checkpoint_chunks == 2 for m in TitansLM(checkpointed).modules() if hasattr(m, "checkpoint_chunks"))
+    compiled = TitansConfig(**{**base.to_dict(), "memory_compile_chunk_step": True})
+    assert compiled.fingerprint() == base.fingerprint()  # the same function (tests/test_chunked_vs_reference.py)
+    layers = [m for m in TitansLM(compiled).modules() if hasattr(m, "compile_chunk_step")]
+    assert layers and all(m.compile_chunk_step for m in layers)
     torch.testing.assert_close(results[0][0], results[1][0])
     for plain, recomputed in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(plain, recomputed)

@@ -17,6 +17,7 @@ import torch
 from titans.cli import main
 from titans.config_io import ConfigError
 from titans.models import preset
+from titans.models.config import EXECUTION_FIELDS
 from titans.models.presets import meta_model, nominal_parameters
 from titans.models.summary import count_parameters
 from titans.repro import collect_results, load_suite, publish, run_suite, write_report, write_results
@@ -90,7 +91,7 @@ def test_ablation_suite_changes_one_switch_of_lmm_per_run():
     for name, config in configs.items():
         switches, ablations = ABLATION_SWITCHES[name]
         model = config.model.to_dict()
-        changed = {key: value for key, value in model.items() if base[key] != value and key != "mlp_hidden"}
+        changed = {k: v for k, v in model.items() if base[k] != v and k != "mlp_hidden" and k not in EXECUTION_FIELDS}
         assert changed == switches, name
         extra = {k: v for k, v in switches.items() if k == "memory_depth" and not ablations}
         matched = preset("small", "lmm", ablations=ablations, **extra)

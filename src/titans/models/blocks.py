@@ -101,6 +101,7 @@ def make_memory(config: TitansConfig) -> NeuralMemory:
         impl=config.impl,  # type: ignore[arg-type]
         check_inputs=config.check_inputs,
         checkpoint_chunks=config.memory_checkpoint_chunks,
+        compile_chunk_step=config.memory_compile_chunk_step,
     )
 
 

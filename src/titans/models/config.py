@@ -19,7 +19,9 @@ DECAY_TARGETS = ("zero", "initial")  # NeuralMemory's decay_target
 MAX_MEMORY_DEPTH = 4
 
 # Options that change how a state is computed but not what it means: left out of the fingerprint.
-_NOT_FINGERPRINTED = frozenset({"impl", "check_inputs", "init_std", "memory_checkpoint_chunks"})
+EXECUTION_FIELDS = frozenset(
+    {"impl", "check_inputs", "init_std", "memory_checkpoint_chunks", "memory_compile_chunk_step"}
+)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TitansConfig:
     max_lr: float = 1.0  # θ_max of decision 1 (a linear memory wants ≤ 1/chunk_size: presets.LINEAR_MEMORY_MAX_LR)
     impl: str = "auto"  # NeuralMemory's: "auto" (Triton on CUDA, else chunked), "fused", "chunked", "reference"
     memory_checkpoint_chunks: int = 0  # NeuralMemory's checkpoint_chunks: keep the state every G chunks for backward
+    memory_compile_chunk_step: bool = False  # NeuralMemory's compile_chunk_step: torch.compile the chunked path's step
     memory_layers: tuple[int, ...] | None = None  # blocks with a memory (MAC/MAG/MAL); None: every block
     # Attention.
     window: int = 512  # sliding window (MAG, MAL, SWA): a query sees itself and window − 1 earlier tokens
@@ -172,7 +175,7 @@ class TitansConfig:
 
     def fingerprint(self) -> str:
         """A short hash of everything that shapes the model and its state (not ``impl``/``check_inputs``)."""
-        items = {k: v for k, v in self.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        items = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 
