@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--decay-target", default="initial", choices=["initial", "zero"])
+    p.add_argument("--precision", default="", help="force the products' precision (tf32, ieee) in both kernels")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--compile-only", action="store_true", help="run one step per config (fills the cache)")
     p.add_argument("--json", default="", help="append the rows to this JSON-lines file")
@@ -87,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         print("tune_fused needs a CUDA GPU", file=sys.stderr)
         return 2
     tokens = args.batch * args.length
+    if args.precision:
+        os.environ["TITANS_FUSED_PRECISION"] = args.precision
     for spec in args.configs:
         set_config(spec)
         before = set(compiled_kernels())
         row: dict = {"config": spec, "chunk": args.chunk, "depth": args.depth, "decay_target": args.decay_target}
+        row["precision"] = args.precision or "default"
         try:
             step = ours(
                 "fused", args.dim, args.heads, args.chunk, args.batch, args.length, False,

@@ -23,7 +23,7 @@ from titans.ops.recurrence import RecurrentState, chunk_mixing, memory_recurrenc
 
 Backend = Literal["triton", "torch"]
 Precision = Literal["ieee", "tf32"]
-TRITON_MIN_BLOCK_E = 16  # the hidden dimension is streamed in blocks of 16, 32 or 64 columns
+TRITON_MIN_BLOCK_E = 16  # the hidden dimension is streamed in blocks of 16 or 32 columns
 
 
 @functools.cache
@@ -129,19 +129,21 @@ def _tuning(name: str, backward: bool, default: int) -> int:
 
 
 def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, backward: bool, depth: int) -> dict:
-    """Block sizes: the whole chunk (≥ 16 rows) and a block of the hidden width that fits shared memory
-    (228 KB on Hopper: the backward at 64-row chunks needs 16-column blocks). Depth 1 holds its D × D state
-    (and in the backward its gradient) in registers: 8 warps, where 4 spill (ptxas, sm_90, D = 64)."""
+    """Block sizes: the whole chunk (≥ 16 rows) and a block of the hidden width, and 8 warps: the fastest of the
+    sweep in docs/benchmarks.md (``benchmarks/tune_fused.py``, H100, head 64, hidden 256). The hidden width goes
+    in blocks of 32 (forward: 64 spill registers and take twice as long; backward: 16 is 15% slower), 16 for the
+    backward of chunks over 32 rows (shared memory: 228 KB on Hopper). Depth 1 holds its D × D state (and in
+    the backward its gradient) in registers: 8 warps, where 4 spill (ptxas, sm_90, D = 64)."""
     block_n = max(16, 1 << (n - 1).bit_length())
-    widest = (16 if block_n > 32 else 32) if backward else (32 if block_n > 32 else 64)
-    block_e = max(b for b in (16, 32, 64) if b <= widest and hidden % b == 0)
+    widest = 16 if backward and block_n > 32 else 32
+    block_e = max(b for b in (16, 32) if b <= widest and hidden % b == 0)
     return {
         "D": q.shape[-1],
         "E": hidden,
         "BLOCK_N": block_n,
         "BLOCK_E": _tuning("BLOCK_E", backward, block_e),
         "PREC": precision,
-        "num_warps": _tuning("WARPS", backward, 8 if depth == 1 else 4),
+        "num_warps": _tuning("WARPS", backward, 8),
         "num_stages": _tuning("STAGES", backward, 1),
     }
 
@@ -157,7 +159,9 @@ def _kernel(
     232,448 there are."""
     from titans.ops import fused_kernels as kernels
 
-    if anchored and n > 32 and (backward or depth == 1):
+    if os.environ.get("TITANS_FUSED_PRECISION"):  # for tuning (benchmarks/tune_fused.py --precision)
+        precision = os.environ["TITANS_FUSED_PRECISION"]  # type: ignore[assignment]
+    elif anchored and n > 32 and (backward or depth == 1):
         precision = "ieee"
     launch = _triton_launch_args(q, n, hidden, precision, backward, depth)
     if depth == 1:
