@@ -133,8 +133,8 @@ def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, ba
     sweep in docs/benchmarks.md (``benchmarks/tune_fused.py``, H100, head 64, hidden 256). The hidden width goes
     in blocks of 32 (forward: 64 spill registers and take twice as long; backward: 16 is 15% slower), 16 for the
     backward of chunks over 32 rows (shared memory: 228 KB on Hopper), whose tf32 products fit only with 4 warps
-    (8 need 254 KB; in fp32, 8 are faster: 453 against 715 ms at the issue-6 shape). Depth 1 holds its D × D state (and in
-    the backward its gradient) in registers: 8 warps, where 4 spill (ptxas, sm_90, D = 64)."""
+    (8 need 254 KB; in fp32, 8 are faster: 453 against 715 ms at the issue-6 shape). Depth 1 holds its D × D
+    state (and in the backward its gradient) in registers: 8 warps, where 4 spill (ptxas, sm_90, D = 64)."""
     block_n = max(16, 1 << (n - 1).bit_length())
     widest = 16 if backward and block_n > 32 else 32
     block_e = max(b for b in (16, 32) if b <= widest and hidden % b == 0)
