@@ -148,12 +148,15 @@ ANCHOR_CASES = [  # depth, length, chunk, offset, momentum, checkpoint_every
 
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
 @pytest.mark.parametrize(("depth", "length", "chunk", "offset", "momentum", "every"), ANCHOR_CASES)
-def test_triton_forgetting_towards_the_initial_weights(depth, length, chunk, offset, momentum, every):
+def test_triton_forgetting_towards_the_initial_weights(depth, length, chunk, offset, momentum, every, precision):
     """Decision 9 (decay_target="initial"): the kernels with the anchor M_0, whose gradient (summed over the
-    batch) joins M_0's gradient through the initial state."""
+    batch) joins M_0's gradient through the initial state. The tf32 kernels arrange some products differently
+    (to save shared memory); the interpreter computes them in fp32, so the same tolerance checks their math."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _compare_triton(depth, length, chunk, offset, momentum, True, every, "ieee", 2e-5, device, 2, anchored=True)
+    tol = 2e-5 if precision == "ieee" or device == "cpu" else 1e-2
+    _compare_triton(depth, length, chunk, offset, momentum, True, every, precision, tol, device, 2, anchored=True)
 
 
 def test_anchor_changes_the_function():

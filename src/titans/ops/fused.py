@@ -155,14 +155,14 @@ def _kernel(
     """The forward or backward kernel of a memory depth and its launch arguments (depth 1 keeps its D × D state
     in registers: it takes no hidden blocks).
 
-    With an anchor at chunks over 32 rows, the depth-2 backward and both depth-1 kernels run their products in
-    full fp32: in tf32 they need 237,568 / 245,792 bytes of shared memory on an H100 (Triton 3.6), over the
-    232,448 there are."""
+    With an anchor at chunks over 32 rows, both depth-1 kernels run their products in full fp32: in tf32 they
+    need 245,792 bytes of shared memory on an H100 (Triton 3.6), over the 232,448 there are. (The depth-2
+    backward needed 237,568 until its Aq-side products shared dZq: 188,416 now.)"""
     from titans.ops import fused_kernels as kernels
 
     if os.environ.get("TITANS_FUSED_PRECISION"):  # for tuning (benchmarks/tune_fused.py --precision)
         precision = os.environ["TITANS_FUSED_PRECISION"]  # type: ignore[assignment]
-    elif anchored and n > 32 and (backward or depth == 1):
+    elif anchored and n > 32 and depth == 1:
         precision = "ieee"
     launch = _triton_launch_args(q, n, hidden, precision, backward, depth)
     if depth == 1:

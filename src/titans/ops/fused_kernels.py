@@ -376,8 +376,12 @@ def memory_backward_kernel(
             d_cn += tl.sum(dw1 * s1) + tl.sum(dw2 * s2)
             d_an += tl.sum(ds1 * s1) + tl.sum(ds2 * s2)
             aq_t = tl.trans(aq)
-            new_dw2 = d_n * dw2 + tl.dot(aq_t, retain_dzq, input_precision=PREC)
-            new_ds2 = c_n * dw2 + a_n * ds2 + tl.dot(aq_t, carry_dzq, input_precision=PREC)
+            if PREC == "tf32":  # Aqᵀ(D ⊙ dZq) as (D ⊙ Aq)ᵀ dZq: the products share dZq, in shared memory once
+                new_dw2 = d_n * dw2 + tl.dot(tl.trans(retain[:, None] * aq), d_zq, input_precision=PREC)
+                new_ds2 = c_n * dw2 + a_n * ds2 + tl.dot(tl.trans(carry[:, None] * aq), d_zq, input_precision=PREC)
+            else:  # in fp32 that layout costs shared memory instead
+                new_dw2 = d_n * dw2 + tl.dot(aq_t, retain_dzq, input_precision=PREC)
+                new_ds2 = c_n * dw2 + a_n * ds2 + tl.dot(aq_t, carry_dzq, input_precision=PREC)
             # Query path, layer 1 (inputs Q, key-side K, Δ1).
             d_hq = tl.where(tile_mask, d_aq * _gelu_d(hq), 0.0)
             d_retain += tl.sum(d_hq * q_w1, axis=1)
@@ -393,7 +397,11 @@ def memory_backward_kernel(
                 d_dn -= tl.sum(dw1 * anchor1) + tl.sum(dw2 * anchor2)
                 d_q += tl.dot(d_hq - retain_dhq, tl.trans(anchor1), input_precision=PREC)
                 dm1 = (1.0 - d_n) * dw1 + tl.dot(q_t, d_hq - retain_dhq, input_precision=PREC)
-                dm2 = (1.0 - d_n) * dw2 + tl.dot(aq_t, d_zq - retain_dzq, input_precision=PREC)
+                if PREC == "tf32":
+                    dm2 = tl.dot(tl.trans((1.0 - retain)[:, None] * aq), d_zq, input_precision=PREC)
+                else:
+                    dm2 = tl.dot(aq_t, d_zq - retain_dzq, input_precision=PREC)
+                dm2 += (1.0 - d_n) * dw2
                 tl.store(dm1_ptr + e0 + de_tile, tl.load(dm1_ptr + e0 + de_tile) + dm1)
                 tl.store(dm2_ptr + e0 * D + ed_tile, tl.load(dm2_ptr + e0 * D + ed_tile) + dm2)
             new_dw1 = d_n * dw1 + tl.dot(q_t, retain_dhq, input_precision=PREC)
