@@ -142,10 +142,17 @@ class NeuralMemory(nn.Module):
         M(x) = x + LN(·), whose backward scales with 1/std, and a pre-activation of std ~0.05 turned every inner
         gradient into an amplifier (outer gradient norms of 1e6–1e11 at init, then NaN). The forget gate starts
         at α = sigmoid(−6) ≈ 0.0025 so that the decay does not shrink W_L back towards that regime.
+
+        For the same reason the hidden → hidden layers of a memory deeper than 2 start at std 2/sqrt(fan-in):
+        GELU halves small inputs, so at 1/sqrt(fan-in) every extra layer halved the pre-LN std and doubled the
+        first layers' inner gradients (the first chunk's step overshot 5–8× at depth 4; docs/results.md). The
+        first layer (unit-norm keys in) and depth 1–2 keep 1/sqrt(fan-in).
         """
         for layer, w in enumerate(self.initial_weights):
             last_of_deep = self.depth > 1 and layer == self.depth - 1
-            nn.init.normal_(w, std=1.0 if last_of_deep else w.shape[-2] ** -0.5)
+            hidden_to_hidden = 0 < layer < self.depth - 1
+            std = 1.0 if last_of_deep else (2.0 if hidden_to_hidden else 1.0) * w.shape[-2] ** -0.5
+            nn.init.normal_(w, std=std)
         for gate, bias in ((self.to_lr, -2.0), (self.to_momentum, 2.0), (self.to_forget, -6.0)):
             if gate is not None:
                 nn.init.normal_(gate.weight, std=0.02)
