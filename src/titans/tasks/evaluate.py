@@ -112,6 +112,55 @@ def greedy_continuation(
     return [int(token) for token in generation.new_tokens[0].tolist()]
 
 
+@torch.no_grad()
+def greedy_continuations(
+    model: TitansLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, piece_len: int, device: torch.device
+) -> list[list[int]]:
+    """:func:`greedy_continuation` of several prompts as one batch (the same tokens up to floating-point ties).
+
+    The first ``shortest − 1`` tokens of every prompt are read in pieces as one batch; then each prompt advances
+    one token per step: its own next token while it has one, else its last greedy token. A long prompt costs
+    one batched pass instead of one per prompt, which is what launch-bound models (MAC) need; prompts of very
+    different lengths should go in different batches (the steps after the shortest prompt are single tokens).
+    """
+    if not prompts or any(not prompt for prompt in prompts):
+        raise ValueError("cannot continue an empty prompt")
+    shortest = min(len(prompt) for prompt in prompts)
+    ids = torch.tensor([list(prompt[: shortest - 1]) for prompt in prompts], dtype=torch.long, device=device)
+    state = None
+    for start in range(0, shortest - 1, piece_len):
+        state = model(ids[:, start : start + piece_len], state=state, last_logits_only=True).state
+    fed = [prompt[shortest - 1] for prompt in prompts]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for position in range(shortest, max(len(prompt) for prompt in prompts) + max_new_tokens):
+        out = model(torch.tensor(fed, device=device).unsqueeze(1), state=state, last_logits_only=True)
+        state, greedy = out.state, out.logits[:, -1].argmax(dim=-1).tolist()
+        for i, prompt in enumerate(prompts):  # position: the index of the token each prompt takes next
+            if position < len(prompt):
+                fed[i] = prompt[position]
+            else:
+                fed[i] = greedy[i]
+                if len(outputs[i]) < max_new_tokens:
+                    outputs[i].append(greedy[i])
+    return outputs
+
+
+def decoding_batches(samples: Sequence[TextSample], batch_size: int, max_spread: int = 256) -> list[list[int]]:
+    """Indices of ``samples`` in batches for :func:`greedy_continuations`: one target length per batch, prompt
+    lengths within ``max_spread`` tokens, at most ``batch_size`` prompts."""
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].target_length, len(samples[i].prompt_ids)))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            first = samples[batches[-1][0]]
+            fits = len(batches[-1]) < batch_size and first.target_length == samples[i].target_length
+            if fits and len(samples[i].prompt_ids) - len(first.prompt_ids) <= max_spread:
+                batches[-1].append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 def sample_depth(sample: TextSample) -> float:
     """The needle depth (S-NIAH) or the mean depth of the facts (BABILong), in percent of the context."""
     if isinstance(sample, SNIAHSample):
@@ -144,14 +193,18 @@ def decode_samples(
     if not isinstance(model, TitansLM):
         raise TypeError(f"text tasks need a TitansLM, got {type(model).__name__}")
     max_new = config.eval.max_new_tokens or default_max_new_tokens(samples)
-    outputs: list[str] = []
+    outputs: list[str] = [""] * len(samples)
     model.eval()
-    for index, sample in enumerate(samples):
+    done = 0
+    for batch in decoding_batches(samples, config.eval.decode_batch_size):
+        prompts = [samples[i].prompt_ids for i in batch]
         with autocast(device, config.train.precision):
-            tokens = greedy_continuation(model, sample.prompt_ids, max_new, config.eval.piece_len, device)
-        outputs.append(tokenizer.decode(tokens))
-        if echo and (index + 1) % 25 == 0:
-            print(f"decoded {index + 1}/{len(samples)}", flush=True)
+            continuations = greedy_continuations(model, prompts, max_new, config.eval.piece_len, device)
+        for i, tokens in zip(batch, continuations, strict=True):
+            outputs[i] = tokenizer.decode(tokens)
+        done += len(batch)
+        if echo:
+            print(f"decoded {done}/{len(samples)}", flush=True)
     return outputs
 
 
@@ -226,9 +279,11 @@ __all__ = [
     "REPORT_FILE",
     "accuracy_grid",
     "decode_samples",
+    "decoding_batches",
     "default_max_new_tokens",
     "depth_bin",
     "greedy_continuation",
+    "greedy_continuations",
     "is_correct",
     "sample_depth",
     "text_report",

@@ -177,16 +177,17 @@ class TaskTrainConfig:
 
 @dataclass
 class TaskEvalConfig:
-    """Evaluation: batch size (needle), piece length for long prompts, decoding length, model export."""
+    """Evaluation: batch sizes, piece length for long prompts, decoding length, model export."""
 
-    batch_size: int = 64
+    batch_size: int = 64  # needle tasks: sequences per forward pass
+    decode_batch_size: int = 16  # text tasks: prompts decoded together (one target length per batch)
     piece_len: int = 2048  # prompts are read in pieces of this many tokens, the state carried between them
     max_new_tokens: int | None = None  # None: the longest answer of the evaluation set + 8
     export_format: ExportFormat = "torchscript"  # torch.export of the memory variants takes minutes
     export_batch_size: int = 16  # the exported needle model takes (export_batch_size, padded length) inputs
 
     def validate(self) -> None:
-        for name in ("batch_size", "piece_len", "export_batch_size"):
+        for name in ("batch_size", "decode_batch_size", "piece_len", "export_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key 'eval.{name}' must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
