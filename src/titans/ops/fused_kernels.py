@@ -376,10 +376,10 @@ def memory_backward_kernel(
             d_cn += tl.sum(dw1 * s1) + tl.sum(dw2 * s2)
             d_an += tl.sum(ds1 * s1) + tl.sum(ds2 * s2)
             aq_t = tl.trans(aq)
-            if ANCHOR and PREC == "tf32":  # Aqᵀ(D ⊙ dZq) as (D ⊙ Aq)ᵀ dZq: they share dZq, in shared memory once
+            if PREC == "tf32":  # Aqᵀ(D ⊙ dZq) as (D ⊙ Aq)ᵀ dZq: the products share dZq, in shared memory once
                 new_dw2 = d_n * dw2 + tl.dot(tl.trans(retain[:, None] * aq), d_zq, input_precision=PREC)
                 new_ds2 = c_n * dw2 + a_n * ds2 + tl.dot(tl.trans(carry[:, None] * aq), d_zq, input_precision=PREC)
-            else:  # without M_0's product, or in fp32, the scaled dZq fits (and is faster without the anchor)
+            else:  # in fp32 that layout costs shared memory instead
                 new_dw2 = d_n * dw2 + tl.dot(aq_t, retain_dzq, input_precision=PREC)
                 new_ds2 = c_n * dw2 + a_n * ds2 + tl.dot(aq_t, carry_dzq, input_precision=PREC)
             # Query path, layer 1 (inputs Q, key-side K, Δ1).
