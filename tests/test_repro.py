@@ -77,8 +77,9 @@ ABLATION_SWITCHES = {
     "no_momentum": ({"momentum": False}, ("no_momentum",)),
     "no_weight_decay": ({"decay": False}, ("no_weight_decay",)),
     "no_persistent_memory": ({"persistent_tokens": 0}, ("no_persistent_memory",)),
-    "memory_depth_3": ({"memory_depth": 3}, ()),
-    "memory_depth_4": ({"memory_depth": 4}, ()),
+    "memory_depth_2_lr8": ({"max_lr": 0.125}, ()),
+    "memory_depth_3": ({"memory_depth": 3, "max_lr": 0.125}, ()),
+    "memory_depth_4": ({"memory_depth": 4, "max_lr": 0.125}, ()),
 }
 
 
