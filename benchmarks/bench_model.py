@@ -83,14 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {name}  torch {torch.__version__}  preset {args.preset}  B={args.batch} T={args.length}")
-    train = [train_step(v, args) for v in args.variants]
-    decode = [decode_latency(v, c, args) for v in args.decode_variants for c in args.contexts]
-    print(f"\n{'variant':<12}{'params':>12}{'step ms':>10}{'tokens/s':>12}{'peak GiB':>10}")
-    for r in train:
-        print(f"{r['variant']:<12}{r['params']:>12,}{r['ms']:>10.1f}{r['tokens_per_s']:>12,.0f}{r['peak_gib']:>10.2f}")
+    print(f"\n{'variant':<12}{'params':>12}{'step ms':>10}{'tokens/s':>12}{'peak GiB':>10}{'vs transformer':>22}")
+    train = []
+    for variant in args.variants:  # each row as soon as it is measured: a long run shows its progress
+        r = train_step(variant, args)
+        train.append(r)
+        base = next((t for t in train if t["variant"] == "transformer"), None)
+        ratio = ""
+        if base is not None:
+            ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.1%} speed"
+            ratio += f", {r['peak_gib'] / base['peak_gib']:.2f}x memory" if args.device.startswith("cuda") else ""
+        row = f"{variant:<12}{r['params']:>12,}{r['ms']:>10.1f}{r['tokens_per_s']:>12,.0f}{r['peak_gib']:>10.2f}"
+        print(f"{row}  {ratio}", flush=True)
     print(f"\n{'variant':<12}{'context':>10}{'ms/token':>10}")
-    for r in decode:
-        print(f"{r['variant']:<12}{r['context']:>10,}{r['ms_per_token']:>10.2f}")
+    decode = []
+    for variant in args.decode_variants:
+        for context in args.contexts:
+            decode.append(decode_latency(variant, context, args))
+            print(f"{variant:<12}{context:>10,}{decode[-1]['ms_per_token']:>10.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "train": train, "decode": decode}, f, indent=1)
