@@ -72,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", default="small")
-    p.add_argument("--variants", nargs="+", default=["transformer", "swa", "mac", "mag", "mal", "lmm"])
+    p.add_argument(
+        "--variants", nargs="*", default=["transformer", "swa", "mac", "mag", "mal", "lmm"], help="none: decoding only"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 1 << 20])
-    p.add_argument("--decode-variants", nargs="+", default=["mac", "swa"])
+    p.add_argument("--decode-variants", nargs="*", default=["mac", "swa"], help="none: training steps only")
     p.add_argument("--piece", type=int, default=4096, help="prefill piece length when reading the context")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", default="")
