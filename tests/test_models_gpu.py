@@ -58,3 +58,21 @@ def test_bf16_autocast_trains_and_generates_on_gpu(variant: str) -> None:
         for layer in generated.state.layers:
             for cache in (layer.cache, layer.context):
                 assert cache is None or cache.length < 16
+
+
+@pytest.mark.parametrize("variant", ["transformer", "swa", "mac"])
+def test_decoding_steps_avoid_cudnn_attention(variant: str) -> None:
+    """cuDNN attention builds a plan for every new key length (~10 ms per call on an H100): a decoding step, whose
+    cache grows by one key per token, must run on another backend."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = TitansLM(_config(variant)).cuda().eval()
+    ids = torch.randint(0, 97, (1, 20), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        state = model(ids).state
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                state = model(ids[:, :1], state=state).state
+    names = {event.key for event in prof.key_averages()}
+    assert any("scaled_dot_product" in name for name in names), "no attention call was profiled"
+    assert not [name for name in names if "cudnn_attention" in name]

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# The backends a decoding step (one query) may use on CUDA: not cuDNN attention, which builds an execution plan
+# for every new key length — about 10 ms of host time per call on an H100, met at every generated token as the
+# cache grows (docs/benchmarks.md) — while these have no per-shape cost.
+DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
@@ -97,6 +103,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, prefix: Persist
         if mask is not None:
             visible = mask.new_ones(mask.shape[0], prefix.keys.shape[2])
             mask = torch.cat([visible, mask], dim=1)
+    if q.is_cuda and q.shape[2] == 1:
+        with sdpa_kernel(DECODE_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
