@@ -26,48 +26,27 @@ def _autocast(device: str) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
-class _Loss(torch.nn.Module):
-    """The model's training loss from one (B, T + 1) tensor of ids: a callable ``make_graphed_callables`` takes."""
-
-    def __init__(self, model: TitansLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):  # no autocast cache in a graph
-            loss = self.model(ids[:, :-1], labels=ids[:, 1:]).loss
-        assert loss is not None
-        return loss
-
-
 def train_step(variant: str, args: argparse.Namespace) -> dict:
-    """One AdamW training step (forward, backward, update) on random bytes; with ``args.graph`` the forward and
-    backward are one captured CUDA graph (no per-kernel launch cost; the update stays eager)."""
+    """One AdamW training step (forward, backward, update) on random bytes."""
     model = TitansLM(preset(args.preset, variant, check_inputs=False)).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.length + 1), device=args.device)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()  # before capture: the graph's memory pool counts
-    if args.graph:
-        loss_of = torch.cuda.make_graphed_callables(_Loss(model), (ids,))
-    else:
-
-        def loss_of(ids: torch.Tensor) -> torch.Tensor:
-            with _autocast(args.device):
-                loss = model(ids[:, :-1], labels=ids[:, 1:]).loss
-            assert loss is not None
-            return loss
 
     def step() -> None:
-        loss_of(ids).backward()
+        with _autocast(args.device):
+            loss = model(ids[:, :-1], labels=ids[:, 1:]).loss
+        assert loss is not None
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     ms = median_ms(step, args.device, warmup=2, repeat=args.repeat)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
     tokens = args.batch * args.length
     return {"variant": variant, "params": count_parameters(model), "ms": ms, "tokens_per_s": tokens / ms * 1e3,
-            "peak_gib": peak, "graph": args.graph}  # fmt: skip
+            "peak_gib": peak}  # fmt: skip
 
 
 @torch.no_grad()
@@ -102,21 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-variants", nargs="*", default=["mac", "swa"], help="none: training steps only")
     p.add_argument("--piece", type=int, default=4096, help="prefill piece length when reading the context")
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--graph", action="store_true", help="training steps: forward + backward as one CUDA graph")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
-    if args.graph and not args.device.startswith("cuda"):
-        p.error("--graph needs a CUDA device")
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {name}  torch {torch.__version__}  preset {args.preset}  B={args.batch} T={args.length}")
     print(f"\n{'variant':<12}{'params':>12}{'step ms':>10}{'tokens/s':>12}{'peak GiB':>10}{'vs transformer':>22}")
     train = []
     for variant in args.variants:  # each row as soon as it is measured: a long run shows its progress
-        try:
-            r = train_step(variant, args)
-        except RuntimeError as error:  # e.g. a host sync that a CUDA graph cannot capture
-            print(f"{variant:<12}failed: {str(error).splitlines()[0]}", flush=True)
-            continue
+        r = train_step(variant, args)
         train.append(r)
         base = next((t for t in train if t["variant"] == "transformer"), None)
         ratio = ""
