@@ -12,6 +12,7 @@ position: queries are ``[rope(q) ‖ q]`` (2d features), sequence keys ``[rope(k
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -103,10 +104,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, prefix: Persist
         if mask is not None:
             visible = mask.new_ones(mask.shape[0], prefix.keys.shape[2])
             mask = torch.cat([visible, mask], dim=1)
-    if q.is_cuda and q.shape[2] == 1:
-        with sdpa_kernel(DECODE_BACKENDS):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    backends = sdpa_kernel(DECODE_BACKENDS) if q.is_cuda and q.shape[2] == 1 else contextlib.nullcontext()
+    with backends:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, prefix: PersistentKV | None, scale: float) -> Tensor:
