@@ -2,6 +2,7 @@
 latency after a short and a very long context (it must stay flat: bounded caches, fixed-size memory).
 
     python benchmarks/bench_model.py                                   # GPU: small preset, B 8 × T 2048
+    python benchmarks/bench_model.py --cuda-graph --decode-variants    # forward + backward as one CUDA graph
     python benchmarks/bench_model.py --device cpu --preset tiny --batch 2 --length 64 --contexts 64 256
 
 Reports median ms (CUDA events on a GPU), tokens/s and peak GiB; bf16 autocast on CUDA, fp32 on the CPU.
@@ -20,25 +21,35 @@ from timing import median_ms
 from titans import TitansLM
 from titans.models import preset
 from titans.models.summary import count_parameters
+from titans.training.cuda_graph import CudaGraphedPass
 
 
-def _autocast(device: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+def _autocast(device: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def train_step(variant: str, args: argparse.Namespace) -> dict:
-    """One AdamW training step (forward, backward, update) on random bytes."""
+    """One AdamW training step (forward, backward, update) on random bytes; with ``--cuda-graph`` the forward and
+    backward pass is replayed as one CUDA graph (``train.cuda_graph``), the update stays eager."""
     model = TitansLM(preset(args.preset, variant, check_inputs=False)).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.length + 1), device=args.device)
 
-    def step() -> None:
-        with _autocast(args.device):
+    def forward_backward(ids: torch.Tensor) -> torch.Tensor:
+        with _autocast(args.device, cache=not args.cuda_graph):
             loss = model(ids[:, :-1], labels=ids[:, 1:]).loss
         assert loss is not None
         loss.backward()
+        return loss.detach()
+
+    run = CudaGraphedPass(model, forward_backward) if args.cuda_graph else forward_backward
+
+    def step() -> None:
+        run(ids)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not args.cuda_graph)
 
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -46,7 +57,7 @@ def train_step(variant: str, args: argparse.Namespace) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
     tokens = args.batch * args.length
     return {"variant": variant, "params": count_parameters(model), "ms": ms, "tokens_per_s": tokens / ms * 1e3,
-            "peak_gib": peak}  # fmt: skip
+            "peak_gib": peak, "cuda_graph": args.cuda_graph}  # fmt: skip
 
 
 @torch.no_grad()
@@ -81,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-variants", nargs="*", default=["mac", "swa"], help="none: training steps only")
     p.add_argument("--piece", type=int, default=4096, help="prefill piece length when reading the context")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--cuda-graph", action="store_true", help="training steps: forward + backward as one CUDA graph")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device: {name}  torch {torch.__version__}  preset {args.preset}  B={args.batch} T={args.length}")
+    graphed = "  forward + backward as a CUDA graph" if args.cuda_graph else ""
+    print(f"device: {name}  torch {torch.__version__}  preset {args.preset}  B={args.batch} T={args.length}{graphed}")
     print(f"\n{'variant':<12}{'params':>12}{'step ms':>10}{'tokens/s':>12}{'peak GiB':>10}{'vs transformer':>22}")
     train = []
     for variant in args.variants:  # each row as soon as it is measured: a long run shows its progress

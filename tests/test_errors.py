@@ -67,3 +67,23 @@ def test_state_with_another_batch_size(mem):
 def test_state_of_wrong_type(mem):
     with pytest.raises(TypeError, match="NeuralMemoryState"):
         mem(torch.randn(1, 3, 8), state=(1, 2))
+
+
+def test_input_checks_off_skips_the_synchronising_checks_and_restores_them():
+    """TitansLM.input_checks_off (tracing, CUDA-graph capture): no token-range or NaN check inside, back after,
+    also when the block raises; the shape check stays."""
+    from titans.models import TitansLM, preset
+
+    model = TitansLM(preset("tiny", "mac", vocab_size=50))
+    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
+    assert memories and model.config.check_inputs and all(m.check_inputs for m in memories)
+    with pytest.raises(RuntimeError, match="boom"), model.input_checks_off():
+        assert not model.config.check_inputs and not any(m.check_inputs for m in memories)
+        nan_input = torch.full((1, 3, memories[0].dim), float("nan"))
+        memories[0](nan_input)  # no "NaN or Inf" error while the checks are off
+        with pytest.raises(ValueError, match="must be a \\(batch, time\\) tensor"):
+            model(torch.ones(3, dtype=torch.long))
+        raise RuntimeError("boom")
+    assert model.config.check_inputs and all(m.check_inputs for m in memories)
+    with pytest.raises(ValueError, match="out of range"):
+        model(torch.tensor([[1, 60]]))

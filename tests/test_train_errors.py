@@ -109,11 +109,22 @@ def test_unknown_key_in_config_file(tmp_path, capsys):
         ("train.precision=fp16", "config key 'train.precision' must be one of 'auto', 'fp32', 'bf16'; got 'fp16'"),
         ("model.heads=3", "TitansConfig.heads: 3 does not divide dim=64"),
         ("train.batch_size=0", "config key 'train.batch_size' must be >= 1, got 0"),
+        (
+            "train.cuda_graph=true train.compile=true",
+            "config key 'train.cuda_graph' cannot be combined with 'train.compile'",
+        ),
     ],
 )
 def test_wrong_config_value(tmp_path, capsys, override, message):
-    err = _fails(capsys, ["train", "--out", str(tmp_path / "run"), *_set(override)])
+    err = _fails(capsys, ["train", "--out", str(tmp_path / "run"), *_set(*override.split())])
     assert message in err
+
+
+def test_cuda_graph_needs_a_cuda_device(tmp_path, capsys):
+    overrides = _set(*MICRO, "train.device=cpu", "train.cuda_graph=true", f"data.cache_dir={tmp_path / 'cache'}")
+    err = _fails(capsys, ["train", "--out", str(tmp_path / "run"), *overrides])
+    assert "config key 'train.cuda_graph' needs a CUDA device; this run is on cpu" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_micro_batch_must_divide_the_batch(tmp_path, capsys):
@@ -187,6 +198,11 @@ def test_a_step_with_non_finite_gradients_is_skipped():
     layer(torch.ones(1, 3)).sum().backward()
     assert step_if_finite(optimizer, clip_gradients(layer, 1.0))
     assert not torch.equal(layer.weight, before[0])
+    layer(torch.ones(1, 3)).sum().backward()
+    grads = [p.grad for p in layer.parameters()]
+    assert step_if_finite(optimizer, clip_gradients(layer, 1.0), keep_grads=True)  # zeroed in place (CUDA graphs)
+    for p, grad in zip(layer.parameters(), grads, strict=True):
+        assert p.grad is grad and not p.grad.any()
 
 
 def test_training_curves_plot_nan_records(tmp_path):

@@ -10,35 +10,18 @@ order. The state names are stored in the model's metadata (``titans.state_names`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from titans.hf.decode_step import State, decode_step_for, flatten_state
-from titans.layers.neural_memory import NeuralMemory
 from titans.models import TitansLM, TitansState
 
 STATE_NAMES_KEY = "titans.state_names"
 MAX_CACHE_KEY = "titans.max_cache_len"
-
-
-@contextlib.contextmanager
-def _no_input_checks(model: TitansLM) -> Iterator[None]:
-    """Turn off the data-dependent input checks (a host sync each) while tracing."""
-    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
-    saved = [m.check_inputs for m in memories]
-    for m in memories:
-        m.check_inputs = False
-    try:
-        yield
-    finally:
-        for m, value in zip(memories, saved):
-            m.check_inputs = value
 
 
 def export_decode_step(
@@ -59,7 +42,7 @@ def export_decode_step(
     step, state = decode_step_for(model, batch_size, max_cache_len)
     token = torch.zeros(batch_size, 1, dtype=torch.long)
     names = list(state)
-    with torch.no_grad(), _no_input_checks(model), warnings.catch_warnings():
+    with torch.no_grad(), model.input_checks_off(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: intended
         torch.onnx.export(
             step,

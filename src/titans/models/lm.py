@@ -3,12 +3,15 @@ state continuation across calls and token-by-token generation that carries the m
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from titans.layers.neural_memory import NeuralMemory
 from titans.layers.norm import RMSNorm
 from titans.models.attention import PersistentKV
 from titans.models.blocks import Block, BlockState, build_block
@@ -153,6 +156,22 @@ class TitansLM(nn.Module):
             tokens.append(token)
             hidden, state = self._run(token, state, prefixes)
         return Generation(torch.cat(tokens, dim=1), state, input_ids.shape[1])
+
+    @contextlib.contextmanager
+    def input_checks_off(self) -> Iterator[None]:
+        """Skip the data-dependent input checks (token ids in range, finite memory inputs: a host sync each)
+        while tracing or capturing a CUDA graph, where a sync is not allowed; the shape and dtype checks stay."""
+        memories = [m for m in self.modules() if isinstance(m, NeuralMemory)]
+        saved = self.config.check_inputs, [m.check_inputs for m in memories]
+        self.config.check_inputs = False
+        for m in memories:
+            m.check_inputs = False
+        try:
+            yield
+        finally:
+            self.config.check_inputs = saved[0]
+            for m, value in zip(memories, saved[1], strict=True):
+                m.check_inputs = value
 
     # ------------------------------------------------------------------------------------------------
     def _check_input_ids(self, input_ids: Tensor) -> None:

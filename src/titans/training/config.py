@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision: Precision = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
+    cuda_graph: bool = False  # each micro batch's forward + backward as one CUDA graph (one GPU; cuda_graph.py)
     fsdp: bool = False  # shard parameters with FSDP2 (fully_shard) instead of DistributedDataParallel
     log_every: int = 10  # steps between metrics.jsonl records of the training loss
     eval_every: int = 100  # steps between validation losses (and at step 0 and the last step)
@@ -89,6 +90,9 @@ class TrainConfig:
             raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {self.warmup_steps}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
+        if self.cuda_graph and (self.compile or self.fsdp):
+            other = "train.compile" if self.compile else "train.fsdp"
+            raise ConfigError(f"config key 'train.cuda_graph' cannot be combined with '{other}'")
         if not all(0 <= beta < 1 for beta in self.betas):
             raise ConfigError(f"config key 'train.betas' must lie in [0, 1), got {self.betas}")
 

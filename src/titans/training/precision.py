@@ -20,8 +20,9 @@ def uses_bf16(precision: Precision, device: torch.device) -> bool:
     return precision == "auto" and device.type == "cuda"
 
 
-def autocast(precision: Precision, device: torch.device) -> AbstractContextManager[object]:
-    """The autocast context for forward passes (a no-op in fp32)."""
+def autocast(precision: Precision, device: torch.device, cache: bool = True) -> AbstractContextManager[object]:
+    """The autocast context for forward passes (a no-op in fp32). ``cache=False`` recasts a weight at every use
+    (a CUDA graph capture cannot keep autocast's cache of casts)."""
     if not uses_bf16(precision, device):
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)

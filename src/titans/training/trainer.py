@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -34,6 +35,7 @@ from titans.models import TitansLM, count_parameters
 from titans.training import checkpoint as ckpt
 from titans.training.config import RunConfig, TrainConfig
 from titans.training.corpus import packed_rows, run_tokenizer, tokenized_split
+from titans.training.cuda_graph import CudaGraphedPass
 from titans.training.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -95,6 +97,7 @@ def train(
 def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, context: DistributedContext) -> TrainResult:
     train_cfg = config.train
     plan = plan_batches(train_cfg, context.world_size)
+    check_cuda_graph(train_cfg, context)
 
     # ---- data: global batch `step` is a pure function of (seed, step); this process takes its rows
     train_rows, valid_rows = load_training_data(config)
@@ -114,6 +117,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, conte
         load_optimizer_state(wrapped, optimizer, saved["optimizer"])
         ckpt.restore_rng_state(saved["rng"])
     runner: nn.Module = torch.compile(wrapped) if train_cfg.compile else wrapped  # type: ignore[assignment]
+    forward_backward = micro_batch_pass(runner, config, context)
 
     start_step = int(saved.get("step", 0))
     best_val = saved.get("best_val_loss")
@@ -154,7 +158,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, conte
     try:
         for step in range(start_step, train_cfg.steps):
             lr = set_learning_rate(optimizer, step, train_cfg)
-            stats = train_step(runner, optimizer, batches.batch(step), plan, context, config)
+            stats = train_step(runner, forward_backward, optimizer, batches.batch(step), plan, context, config)
             done = step + 1
             window.add(stats)
             bar.update(1)
@@ -213,15 +217,47 @@ class StepStats:
     grad_norm: torch.Tensor
 
 
+MicroBatchPass = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def micro_batch_pass(model: nn.Module, config: RunConfig, context: DistributedContext) -> MicroBatchPass:
+    """The forward and backward pass of one micro batch: ``(input_ids, labels, loss_scale)`` → its summed token
+    loss (detached), the backward pass taken of ``loss × loss_scale``; with ``train.cuda_graph``, one CUDA graph
+    per micro-batch shape (:class:`~titans.training.cuda_graph.CudaGraphedPass`)."""
+    graphed = config.train.cuda_graph
+    precision, device = config.train.precision, context.device
+
+    def run(input_ids: torch.Tensor, labels: torch.Tensor, loss_scale: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device, cache=not graphed):
+            logits = model(input_ids).logits
+        token_loss = summed_token_loss(logits, labels)
+        (token_loss * loss_scale).backward()
+        return token_loss.detach()
+
+    return CudaGraphedPass(unwrap(model), run) if graphed else run  # type: ignore[arg-type]
+
+
+def check_cuda_graph(train_cfg: TrainConfig, context: DistributedContext) -> None:
+    """``train.cuda_graph`` needs one process on a CUDA device (else ConfigError, before anything is written)."""
+    if not train_cfg.cuda_graph:
+        return
+    if context.device.type != "cuda":
+        raise ConfigError(f"config key 'train.cuda_graph' needs a CUDA device; this run is on {context.device}")
+    if context.world_size > 1:
+        raise ConfigError(f"config key 'train.cuda_graph' supports one process; this run has {context.world_size}")
+
+
 def train_step(
     model: nn.Module,
+    forward_backward: MicroBatchPass,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     plan: BatchPlan,
     context: DistributedContext,
     config: RunConfig,
 ) -> StepStats:
-    """Forward/backward over this process's micro batches, clip, and one optimizer step.
+    """Forward/backward over this process's micro batches (``forward_backward``: :func:`micro_batch_pass`), clip,
+    and one optimizer step.
 
     Micro batch ``i`` of ``A`` takes this process's rows ``i::A``. Process ``r`` of ``W`` holds the global
     rows ``r::W``, so its micro batch ``i`` holds the global rows ``r + W·i :: W·A``: exactly micro batch
@@ -232,29 +268,26 @@ def train_step(
     input_ids, labels = batch.input_ids.to(device), batch.labels.to(device)
     local_tokens = (labels != IGNORE_INDEX).sum()
     global_tokens = all_reduce_sum(local_tokens, context).clamp(min=1)
-    loss_scale = context.world_size / global_tokens.double()
+    loss_scale = (context.world_size / global_tokens.double()).float()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     for index in range(plan.accumulation):
         rows = slice(index, None, plan.accumulation)
         set_gradient_sync(model, enabled=index == plan.accumulation - 1)
-        with autocast(config.train.precision, device):
-            logits = model(input_ids[rows]).logits
-        token_loss = summed_token_loss(logits, labels[rows])
-        (token_loss * loss_scale.float()).backward()
-        loss_sum += token_loss.detach().double()
+        loss_sum += forward_backward(input_ids[rows], labels[rows], loss_scale).double()
     grad_norm = clip_gradients(model, config.train.grad_clip)
-    step_if_finite(optimizer, grad_norm)
+    step_if_finite(optimizer, grad_norm, keep_grads=config.train.cuda_graph)
     return StepStats(all_reduce_sum(loss_sum, context) / global_tokens.double(), grad_norm)
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> bool:
+def step_if_finite(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor, keep_grads: bool = False) -> bool:
     """One optimizer step, skipped (as AMP's GradScaler does) when the gradient norm is inf or NaN, so one bad
     batch cannot turn the weights into NaN; the skip shows as a non-finite ``grad_norm`` in the metrics. Clears
-    the gradients either way. Costs one host sync per step."""
+    the gradients either way — zeroed in place with ``keep_grads`` (a CUDA graph writes into them), else dropped.
+    Costs one host sync per step."""
     finite = bool(torch.isfinite(grad_norm))
     if finite:
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not keep_grads)
     return finite
 
 
