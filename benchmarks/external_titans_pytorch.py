@@ -9,7 +9,9 @@ cosine schedule, gradient clipping and bf16 autocast as ``titans train --config 
 same held-out rows as its final evaluation (each row read with a fresh memory). The model is sized to our
 ``small`` MAC: dim 384, 6 blocks of 6 heads × 64, segments of 128, memory chunks of 16, a memory in every block,
 16 persistent and 16 long-term memory tokens, titans-pytorch's defaults otherwise, and the feed-forward width
-chosen to match our parameter count. Not measured: the loss by position (it needs a state carried across calls).
+chosen to match our parameter count. ``--memory-layers 2 4`` puts the memory where TITANS.md's speed anchor has it;
+``--micro-batch`` splits the batch (titans-pytorch's MAC runs out of an H100's 80 GB at 32 rows of 1024). Not
+measured: the loss by position (it needs a state carried across calls).
 """
 
 from __future__ import annotations
@@ -45,36 +47,40 @@ class LogitsOnly(nn.Module):
         return SimpleNamespace(logits=self.inner(input_ids))
 
 
-def build_mac(ff_mult: float, config) -> nn.Module:  # type: ignore[no-untyped-def]
+def build_mac(ff_mult: float, config, memory_layers: tuple[int, ...] | None) -> nn.Module:  # type: ignore[no-untyped-def]
     from titans_pytorch import MemoryAsContextTransformer
 
     m = config.model
     return MemoryAsContextTransformer(
         num_tokens=m.vocab_size, dim=m.dim, depth=m.depth, heads=m.heads, dim_head=m.dim // m.heads,
         segment_len=m.segment_len, neural_memory_segment_len=m.chunk_size, num_persist_mem_tokens=m.persistent_tokens,
-        num_longterm_mem_tokens=16, ff_mult=ff_mult,
+        num_longterm_mem_tokens=16, ff_mult=ff_mult, neural_memory_layers=memory_layers,
     )  # fmt: skip
 
 
-def matched_mac(config) -> tuple[nn.Module, float]:  # type: ignore[no-untyped-def]
+def matched_mac(config, memory_layers: tuple[int, ...] | None) -> tuple[nn.Module, float]:  # type: ignore[no-untyped-def]
     """The MemoryAsContextTransformer whose parameter count is closest to our model of ``config``."""
     target = count_parameters(TitansLM(config.model))
-    counts = {mult: sum(p.numel() for p in build_mac(mult, config).parameters()) for mult in (1, 1.5, 2, 2.5, 3, 4)}
+    mults = (1, 1.5, 2, 2.5, 3, 4)
+    counts = {mult: sum(p.numel() for p in build_mac(mult, config, memory_layers).parameters()) for mult in mults}
     best = min(counts, key=lambda mult: abs(counts[mult] - target))
-    return build_mac(best, config), best
+    return build_mac(best, config, memory_layers), best
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/small.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a run-config override")
+    p.add_argument("--memory-layers", type=int, nargs="*", help="1-based blocks with a memory (default: every block)")
+    p.add_argument("--micro-batch", type=int, default=0, help="rows per forward pass (gradient accumulation); 0: all")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
+    memory_layers = tuple(args.memory_layers) if args.memory_layers else None
     config = load_run_config(args.config, args.set)
     train_cfg, device = config.train, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_rows, valid_rows = load_training_data(config)
     torch.manual_seed(train_cfg.seed)
-    model, ff_mult = matched_mac(config)
+    model, ff_mult = matched_mac(config, memory_layers)
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("token_emb")]
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps)
     batches = TrainBatches(train_rows, train_cfg.batch_size, train_cfg.seed)
+    accumulation = train_cfg.batch_size // args.micro_batch if args.micro_batch else 1
     print(f"titans-pytorch MAC, {params:,} parameters (ff_mult {ff_mult}), {train_cfg.steps} steps on {device}")
     losses, step_s = [], []
     started = time.time()
@@ -91,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         batch = batches.batch(step)
         input_ids, labels = batch.input_ids.to(device), batch.labels.to(device)
         t0 = time.time()
-        with autocast(train_cfg.precision, device):
-            logits = model(input_ids)
-        loss = summed_token_loss(logits, labels) / (labels != IGNORE_INDEX).sum()
-        loss.backward()
+        tokens, loss = (labels != IGNORE_INDEX).sum(), torch.zeros((), device=device)
+        for index in range(accumulation):
+            rows = slice(index, None, accumulation)
+            with autocast(train_cfg.precision, device):
+                logits = model(input_ids[rows])
+            micro_loss = summed_token_loss(logits, labels[rows]) / tokens
+            micro_loss.backward()
+            loss += micro_loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "config": args.config, "overrides": args.set, "parameters": params, "ff_mult": ff_mult,
+        "memory_layers": memory_layers or "every block", "micro_batch": args.micro_batch or train_cfg.batch_size,
         "steps": train_cfg.steps, "training_tokens": train_cfg.steps * tokens_per_step,
         "tokens_per_s": tokens_per_step / statistics.median(step_s[1:] or step_s), "train_time_s": train_time,
         "train_loss": losses, **evaluated,
