@@ -7,11 +7,12 @@ of the README's language-modelling table.
 The same bytes, rows, steps, batch, seed, AdamW groups (weight decay on matrices but the embedding), warm-up +
 cosine schedule, gradient clipping and bf16 autocast as ``titans train --config configs/small.yaml``, and the
 same held-out rows as its final evaluation (each row read with a fresh memory). The model is sized to our
-``small`` MAC: dim 384, 6 blocks of 6 heads × 64, segments of 128, memory chunks of 16, a memory in every block,
-16 persistent and 16 long-term memory tokens, titans-pytorch's defaults otherwise, and the feed-forward width
-chosen to match our parameter count. ``--memory-layers 2 4`` puts the memory where TITANS.md's speed anchor has it;
-``--micro-batch`` splits the batch (titans-pytorch's MAC runs out of an H100's 80 GB at 32 rows of 1024). Not
-measured: the loss by position (it needs a state carried across calls).
+``small`` MAC: dim 384, 6 blocks of 6 heads × 64, segments of 128, memory chunks of 16, a memory of 6 heads × 64
+in every block (titans-pytorch's default, one head as wide as the model, ran out of an H100's 80 GB even at 8 rows
+of 1024), 16 persistent and 16 long-term memory tokens, titans-pytorch's defaults otherwise, and the feed-forward
+width chosen to match our parameter count. ``--memory-layers 2 4`` puts the memory where TITANS.md's speed anchor
+has it; ``--micro-batch`` splits the batch (gradient accumulation). Not measured: the loss by position (it needs a
+state carried across calls).
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def build_mac(ff_mult: float, config, memory_layers: tuple[int, ...] | None) -> 
         num_tokens=m.vocab_size, dim=m.dim, depth=m.depth, heads=m.heads, dim_head=m.dim // m.heads,
         segment_len=m.segment_len, neural_memory_segment_len=m.chunk_size, num_persist_mem_tokens=m.persistent_tokens,
         num_longterm_mem_tokens=16, ff_mult=ff_mult, neural_memory_layers=memory_layers,
+        neural_memory_kwargs=dict(heads=m.heads, dim_head=m.dim // m.heads),
     )  # fmt: skip
 
 
 def matched_mac(config, memory_layers: tuple[int, ...] | None) -> tuple[nn.Module, float]:  # type: ignore[no-untyped-def]
     """The MemoryAsContextTransformer whose parameter count is closest to our model of ``config``."""
     target = count_parameters(TitansLM(config.model))
-    mults = (1, 1.5, 2, 2.5, 3, 4)
+    mults = (1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6)
     counts = {mult: sum(p.numel() for p in build_mac(mult, config, memory_layers).parameters()) for mult in mults}
     best = min(counts, key=lambda mult: abs(counts[mult] - target))
     return build_mac(best, config, memory_layers), best
