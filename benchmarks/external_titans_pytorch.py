@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     train_rows, valid_rows = load_training_data(config)
     torch.manual_seed(train_cfg.seed)
     model, ff_mult = matched_mac(config, memory_layers)
+    for param in model.parameters():  # its per-head memory weights are expanded views (stride 0): no optimizer can
+        if 0 in param.stride():  # update them in place, so each head gets its own copy (its per-head intent)
+            param.data = param.data.clone()
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("token_emb")]
