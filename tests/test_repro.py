@@ -316,6 +316,12 @@ def test_readme_language_model_table_is_the_published_results():
         (label,) = [name for name in table if name.split(" (")[0] == run["label"]]
         buckets = run["eval"]["test"]["by_position"]["buckets"]
         assert table[label] == [f"{run['bits']:.3f}", *(f"{bucket['bits']:.3f}" for bucket in buckets)], label
+    external = json.loads((REPO / "docs" / "results" / "lm" / "external_titans_pytorch.json").read_text())["runs"]
+    for run in external:
+        layers = run["memory_layers"]
+        where = layers if isinstance(layers, str) else "blocks " + " and ".join(map(str, layers))
+        label = f"titans-pytorch MAC, memory in {where} (external)"
+        assert table[label] == [f"{run['test']['bits_per_byte']:.3f}", "—", "—", "—", "—"], label
 
 
 def test_readme_long_context_table_is_the_recorded_task_results():
