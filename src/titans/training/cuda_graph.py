@@ -85,8 +85,14 @@ class CudaGraphedPass:
                     p.grad.zero_()
             grads = [p.grad for p in self.parameters]
             graph = torch.cuda.CUDAGraph()
-            with self.model.input_checks_off(), torch.cuda.graph(graph, pool=self._pool, stream=self.stream):
-                output = self.fn(*static)
+            try:
+                with self.model.input_checks_off(), torch.cuda.graph(graph, pool=self._pool, stream=self.stream):
+                    output = self.fn(*static)
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"capturing the training pass as a CUDA graph failed ({error}); something in it is not capturable "
+                    "(a host sync, a CPU-dependent branch); train without train.cuda_graph"
+                ) from error
         torch.cuda.current_stream().wait_stream(self.stream)
         if any(p.grad is not g for p, g in zip(self.parameters, grads, strict=True)):
             raise RuntimeError("the captured backward pass replaced a .grad tensor instead of accumulating into it")
