@@ -80,3 +80,19 @@ def test_training_with_cuda_graphs_gives_the_eager_losses(tmp_path, monkeypatch)
     assert len(losses[True]) == len(losses[False]) > 6
     for (split, graphed_loss), (_, eager_loss) in zip(losses[True], losses[False], strict=True):
         assert graphed_loss == pytest.approx(eager_loss, rel=1e-4), split
+
+
+def test_a_failed_capture_says_to_train_without_cuda_graphs() -> None:
+    """A host sync inside the pass cannot be captured: the error names the way out (last test in the file: a failed
+    capture may leave the CUDA context unusable)."""
+    model = TitansLM(preset("tiny", "transformer", vocab_size=97)).cuda()
+    run = _pass(model)
+
+    def syncing(input_ids: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        loss = run(input_ids, labels, scale)
+        return loss * float(loss)  # .item()-like host sync
+
+    graphed = CudaGraphedPass(model, syncing, warmup=1)
+    ids = torch.randint(0, 97, (2, 17), device="cuda")
+    with pytest.raises(RuntimeError, match="train without train.cuda_graph"):
+        graphed(ids[:, :-1], ids[:, 1:], torch.tensor(1.0, device="cuda"))
