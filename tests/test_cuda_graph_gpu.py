@@ -94,5 +94,5 @@ def test_a_failed_capture_says_to_train_without_cuda_graphs() -> None:
 
     graphed = CudaGraphedPass(model, syncing, warmup=1)
     ids = torch.randint(0, 97, (2, 17), device="cuda")
-    with pytest.raises(RuntimeError, match="train without train.cuda_graph"):
+    with pytest.raises(RuntimeError, match=r"train without train\.cuda_graph"):
         graphed(ids[:, :-1], ids[:, 1:], torch.tensor(1.0, device="cuda"))
