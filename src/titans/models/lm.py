@@ -209,15 +209,20 @@ class TitansLM(nn.Module):
         return parameter_summary(self)
 
 
+def summed_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """The sum over counted labels (≠ -100) of the cross-entropy; half-precision logits are taken in fp32."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    labels = labels.to(device=logits.device, dtype=torch.long)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 def language_model_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy over the labels ≠ -100 (0, still attached to the graph, when there are none).
 
     Summed, then divided by the count of labels: no host synchronisation (a CUDA graph can capture it)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    labels = labels.to(device=logits.device, dtype=torch.long)
-    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+    count = (labels != IGNORE_INDEX).sum().to(logits.device).clamp(min=1)
+    return summed_token_loss(logits, labels) / count
 
 
 def sample_next_token(
@@ -255,4 +260,12 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, 
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p}")
 
 
-__all__ = ["Generation", "TitansLM", "TitansOutput", "TitansState", "language_model_loss", "sample_next_token"]
+__all__ = [
+    "Generation",
+    "TitansLM",
+    "TitansOutput",
+    "TitansState",
+    "language_model_loss",
+    "sample_next_token",
+    "summed_token_loss",
+]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from titans.config_io import to_dict
 from titans.data import IGNORE_INDEX, Batch, iter_eval_batches, iter_eval_documents, normalize_split
 from titans.models import TitansLM
+from titans.models.lm import summed_token_loss
 from titans.training.checkpoint import atomic_write as _atomic_write
 from titans.training.checkpoint import (
     checkpoint_step,
@@ -68,11 +69,6 @@ class LossTotal:
     def bits(self) -> float:
         """Mean cross-entropy in bits per token."""
         return self.loss / LN2
-
-
-def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The sum over counted labels (≠ -100) of the cross-entropy, in fp32."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 @torch.no_grad()
