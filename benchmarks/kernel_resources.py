@@ -32,9 +32,15 @@ def load_kernels():
 
 
 def signature(fn, constexprs: dict) -> dict[str, str]:
-    """Pointers are the arguments named ``*_ptr`` (fp32), every other non-constexpr argument an int32."""
-    names = inspect.signature(fn.fn).parameters
-    return {n: "constexpr" if n in constexprs else "*fp32" if n.endswith("_ptr") else "i32" for n in names}
+    """Pointers are the arguments named ``*_ptr`` (fp32; the split programs' counters ``sync_ptr`` int32), every
+    other non-constexpr argument an int32."""
+
+    def kind(name: str) -> str:
+        if name in constexprs:
+            return "constexpr"
+        return ("*i32" if name == "sync_ptr" else "*fp32") if name.endswith("_ptr") else "i32"
+
+    return {n: kind(n) for n in inspect.signature(fn.fn).parameters}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="tf32", choices=["tf32", "ieee"])
     p.add_argument("--anchor", action="store_true", help="forgetting towards M_0")
     p.add_argument("--backward", action="store_true")
+    p.add_argument("--split", type=int, default=1, help="programs per (batch, head), each with hidden / split columns")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: Hopper)")
     args = p.parse_args(argv)
     kernels = load_kernels()
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "BLOCK_E": args.block_e,
         "PREC": args.precision,
         "ANCHOR": args.anchor,
+        "SPLIT": args.split,
     }
     fn = kernels.memory_backward_kernel if args.backward else kernels.memory_forward_kernel
     if not args.backward:

@@ -3,8 +3,9 @@
     python benchmarks/tune_fused.py --chunk 16 --configs 4x64/4x32 8x64/8x32 16x64/16x32
     python benchmarks/tune_fused.py --compile-only --configs 8x64/8x32      # fill Triton's disk cache only
 
-A config is ``FWD/BWD``, each ``WARPSxBLOCK_E[xSTAGES]``: the forward kernel (also the backward's recompute)
-and the backward kernel, passed through ``TITANS_FUSED_{WARPS,BLOCK_E,STAGES}_{FWD,BWD}``. Per config: the
+A config is ``FWD/BWD[/SPLIT]``, each of FWD and BWD ``WARPSxBLOCK_E[xSTAGES]``: the forward kernel (also the
+backward's recompute) and the backward kernel, passed through ``TITANS_FUSED_{WARPS,BLOCK_E,STAGES}_{FWD,BWD}``;
+SPLIT programs share each (batch, head) (``TITANS_FUSED_SPLIT``, default 1). Per config: the
 median forward + backward of the issue-6 layer (CUDA events), the time of each kernel from one profiled step,
 and each compiled kernel's registers and spills (ptxas). Compiling takes long; run ``--compile-only`` for every
 config in parallel processes first, then time them one after another from the cache.
@@ -26,7 +27,10 @@ KERNELS = ("memory_forward_kernel", "memory_backward_kernel", "linear_memory_for
 
 
 def set_config(spec: str) -> None:
-    for direction, part in zip(("FWD", "BWD"), spec.split("/"), strict=True):
+    """``FWD/BWD[/SPLIT]``: SPLIT programs per (batch, head) in the depth-2 kernels (default 1)."""
+    parts = spec.split("/")
+    os.environ["TITANS_FUSED_SPLIT"] = parts[2] if len(parts) == 3 else "1"
+    for direction, part in zip(("FWD", "BWD"), parts[:2], strict=True):
         warps, block_e, *stages = part.split("x")
         os.environ[f"TITANS_FUSED_WARPS_{direction}"] = warps
         os.environ[f"TITANS_FUSED_BLOCK_E_{direction}"] = block_e

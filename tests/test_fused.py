@@ -183,6 +183,54 @@ def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision):
         _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+@pytest.mark.parametrize("split", [2, 8])
+@pytest.mark.parametrize(("length", "chunk", "offset", "every"), [(120, 16, 0, 3), (160, 64, 5, 1)])
+def test_split_programs_on_gpu(length, chunk, offset, every, split, precision, monkeypatch):
+    """Depth 2 with ``split`` programs per (batch, head), each owning hidden / split columns and exchanging the
+    sums that pass through a LayerNorm: the same outputs, final state and gradients as above."""
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", str(split))
+    tol = 2e-5 if precision == "ieee" else 1e-2
+    for anchored in (False, True):
+        _compare_triton(2, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_split_programs_run_in_waves(monkeypatch):
+    """More split programs than the GPU holds at once (64 × 16 (batch, head) × 8): groups start in ticket order,
+    so none waits for a member that cannot start; the result is the unsplit kernels' (fp32 products)."""
+    kw = {"d": 64, "expansion": 4, "batch": 64}
+    args = _inputs(2, 48, dtype=torch.float32, device="cuda", **kw)
+    results = []
+    for split in (1, 8):
+        monkeypatch.setenv("TITANS_FUSED_SPLIT", str(split))
+        results.append(_run(memory_recurrence_fused, *args, 16, 0, True, backend="triton", checkpoint_every=2))
+    (unsplit, unsplit_grads, _), (split_out, split_grads, _) = results
+    for a, b in zip([*split_out, *split_grads], [*unsplit, *unsplit_grads]):
+        assert _max_error(a, b) <= 1e-4 * b.abs().max().item()
+
+
+def test_split_programs_are_refused_where_they_cannot_run(monkeypatch):
+    """Interpreted programs run one after another, so split ones would wait forever: a clear error instead; and a
+    split must divide the hidden width into whole blocks."""
+    from titans.ops.fused import split_programs
+
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", "2")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        split_programs(64, 16, torch.device("cpu"))
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", "3")
+    with pytest.raises(ValueError, match="power-of-two"):
+        split_programs(96, 16, torch.device("cuda"))
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", "8")
+    with pytest.raises(ValueError, match="whole 32-column blocks"):
+        split_programs(128, 32, torch.device("cuda"))
+    monkeypatch.delenv("TITANS_FUSED_SPLIT")
+    assert split_programs(128, 32, torch.device("cuda")) == 1
+
+
 def test_auto_never_runs_the_triton_interpreter_on_the_cpu():
     from titans.layers.neural_memory import NeuralMemory
 

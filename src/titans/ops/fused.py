@@ -149,6 +149,24 @@ def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, ba
     }
 
 
+def split_programs(hidden: int, block_e: int, device: torch.device) -> int:
+    """How many programs share one (batch, head) of the depth-2 kernels, each owning hidden / split columns.
+
+    ``TITANS_FUSED_SPLIT`` sets it (for tuning and the GPU tests); otherwise 1. Split programs wait for each
+    other, which the interpreter (one program after another) cannot do."""
+    split = int(os.environ.get("TITANS_FUSED_SPLIT") or 1)
+    if split & (split - 1) or hidden % (split * block_e):
+        raise ValueError(
+            f"TITANS_FUSED_SPLIT={split}: the hidden width {hidden} must split into a power-of-two number of "
+            f"parts of whole {block_e}-column blocks"
+        )
+    if split > 1 and device.type != "cuda":
+        raise ValueError(
+            f"TITANS_FUSED_SPLIT={split} needs a CUDA device: interpreted programs cannot wait for each other"
+        )
+    return split
+
+
 def _kernel(
     q: Tensor, n: int, hidden: int, precision: Precision, depth: int, backward: bool, anchored: bool = False
 ) -> tuple[Any, dict]:
@@ -168,6 +186,7 @@ def _kernel(
     if depth == 1:
         linear = kernels.linear_memory_backward_kernel if backward else kernels.linear_memory_forward_kernel
         return linear, {key: value for key, value in launch.items() if key not in ("E", "BLOCK_E")}
+    launch["SPLIT"] = split_programs(hidden, launch["BLOCK_E"], q.device)
     return (kernels.memory_backward_kernel if backward else kernels.memory_forward_kernel), launch
 
 
@@ -182,6 +201,17 @@ def _anchor_args(q: Tensor, anchor: list[Tensor] | None, depth: int) -> tuple[li
     return pointers, {"ANCHOR": anchor is not None}
 
 
+def _split_args(q: Tensor, depth: int, programs: int, split: int, launch: dict) -> list[Tensor]:
+    """The depth-2 kernels' ticket and arrival counters (int32, zeroed: fresh per launch) and exchange slots;
+    placeholders when each (batch, head) has one program."""
+    if depth == 1:
+        return []
+    if split == 1:
+        return [q, q]
+    sync = torch.zeros(1 + programs, dtype=torch.int32, device=q.device)
+    return [sync, q.new_empty(programs, 2, split, launch["BLOCK_N"] * q.shape[-1])]
+
+
 def _triton_forward(
     q, k, v, mix: Mixing, state: list[Tensor], n: int, every: int, keep: bool, precision: Precision, anchor=None
 ):
@@ -194,8 +224,9 @@ def _triton_forward(
     y = torch.empty_like(q)
     kernel, launch = _kernel(q, n, hidden, precision, depth, backward=False, anchored=anchor is not None)
     anchors, flag = _anchor_args(q, anchor, depth)
-    kernel[(bh,)](
-        q, k, v, y, *mix, *work, ckpt, *anchors,
+    split = launch.get("SPLIT", 1)
+    kernel[(bh * split,)](
+        q, k, v, y, *mix, *work, ckpt, *anchors, *_split_args(q, depth, bh, split, launch),
         length, n, n_chunks, 0, n_chunks, every if keep else n_chunks + 1, n_ckpt, heads,
         WRITE_Y=True, **launch, **flag,
     )  # fmt: skip
@@ -211,8 +242,10 @@ def _triton_backward(
     bh, n_chunks, hidden = batch * heads, length // n, grad_state[0].shape[-1]
     backward, launch = _kernel(q, n, hidden, precision, depth, backward=True, anchored=anchor is not None)
     forward, recompute = _kernel(q, n, hidden, precision, depth, backward=False, anchored=anchor is not None)
-    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    grad_mix = Mixing(*(torch.empty_like(m) for m in mix))
+    split = launch.get("SPLIT", 1)
+    new = torch.zeros_like if split > 1 else torch.empty_like  # split programs add their parts
+    grad_q, grad_k, grad_v = new(q), new(k), new(v)
+    grad_mix = Mixing(*(new(m) for m in mix))
     carried = [g.reshape(bh, *g.shape[2:]).contiguous().clone() for g in grad_state]  # dW…, dS…
     scratch = [q.new_empty(bh, launch["BLOCK_N"], hidden)] if depth == 2 else []  # ∂/∂H known before dZ
     stretch = q.new_empty(bh, every, 2 * depth * d * hidden)
@@ -226,15 +259,15 @@ def _triton_backward(
         else:  # the state at the start of every chunk of the stretch, recomputed from its checkpoint
             start = ckpt[:, group]
             work = [start[:, i * size : (i + 1) * size].clone() for i in CHECKPOINT_ORDER[depth]]
-            forward[(bh,)](
-                q, k, v, q, *mix, *work, stretch, *anchors,
+            forward[(bh * split,)](
+                q, k, v, q, *mix, *work, stretch, *anchors, *_split_args(q, depth, bh, split, recompute),
                 length, n, n_chunks, first, last, 1, every, heads,
                 WRITE_Y=False, **recompute, **flag,
             )  # fmt: skip
             states, n_states = stretch, every
-        backward[(bh,)](
+        backward[(bh * split,)](
             q, k, v, grad_y, grad_q, grad_k, grad_v, *mix, *grad_mix, states, *carried, *scratch,
-            *anchors, *grad_anchor,
+            *anchors, *grad_anchor, *_split_args(q, depth, bh, split, launch),
             length, n, n_chunks, first, last, n_states, heads,
             **launch, **flag,
         )  # fmt: skip

@@ -97,16 +97,23 @@ def _load_backward_chunk(
 
 
 @triton.jit
-def _key_path(
-    k, v, w1_ptr, w2_ptr, offs_d, offs_e, D: tl.constexpr, E: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr
-):
-    """Z = σ(K W1) W2, N = LN(Z), Err = K + N − V, Δ2 = J Err (chunk_vjp.chunk_forward's key path)."""
+def _key_path_partial(
+    k, w1_ptr, w2_ptr, offs_d, offs_e, e_lo,
+    D: tl.constexpr, E: tl.constexpr, E_PART: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """This program's share of Z = σ(K W1) W2: the sum over its E_PART hidden columns from e_lo."""
     z = tl.zeros(k.shape, dtype=tl.float32)
-    for e0 in range(0, E, BLOCK_E):
+    for e0 in range(e_lo, e_lo + E_PART, BLOCK_E):
         w1 = tl.load(w1_ptr + e0 + offs_d[:, None] * E + offs_e[None, :])
         w2 = tl.load(w2_ptr + e0 * D + offs_e[:, None] * D + offs_d[None, :])
         act = _gelu(tl.dot(k, w1, input_precision=PREC))
         z += tl.dot(act, w2, input_precision=PREC)
+    return z
+
+
+@triton.jit
+def _key_path_finish(z, k, v, D: tl.constexpr):
+    """N = LN(Z), Err = K + N − V, Δ2 = J Err (chunk_vjp.chunk_forward's key path), from the whole sum Z."""
     normed, inv_std = _ln(z, D)
     err = k + normed - v
     delta2 = _ln_back(normed, inv_std, err, D)
@@ -114,26 +121,73 @@ def _key_path(
 
 
 @triton.jit
+def _exchange(tile, offs, sync_ptr, xch_ptr, bh, part, arrival, SPLIT: tl.constexpr, SLOT: tl.constexpr):
+    """The sum of ``tile`` over the SPLIT programs that share (batch, head) ``bh``, the same in each of them.
+
+    Each program stores its tile in its slot of the group's exchange buffer (two alternating sets of slots:
+    a program can only refill a set after every program of the group has passed the next exchange, so after
+    it has read this one), counts itself in the group's arrival counter, waits until the whole group has
+    arrived for the ``arrival``-th time in this launch, and sums the slots in a fixed order."""
+    if SPLIT == 1:
+        return tile
+    base = xch_ptr + (bh * 2 + arrival % 2) * SPLIT * SLOT
+    tl.store(base + part * SLOT + offs, tile)
+    tl.debug_barrier()  # every thread's store before the release below
+    counter = sync_ptr + 1 + bh
+    tl.atomic_add(counter, 1, sem="release")
+    seen = tl.atomic_add(counter, 0, sem="acquire")
+    while seen < (arrival + 1) * SPLIT:
+        seen = tl.atomic_add(counter, 0, sem="acquire")
+    tl.debug_barrier()
+    total = tl.load(base + offs, cache_modifier=".cg")  # from L2: the other programs wrote it
+    for member in tl.static_range(1, SPLIT):
+        total += tl.load(base + member * SLOT + offs, cache_modifier=".cg")
+    return total
+
+
+@triton.jit
+def _group(sync_ptr, SPLIT: tl.constexpr):
+    """(batch·head, part) of this program: one program per (batch, head) (SPLIT = 1), or SPLIT programs sharing
+    one (batch, head), each owning E / SPLIT hidden columns. Split programs take their place from a ticket
+    counter in the order they start, so a group's first members never wait for members that cannot start:
+    every group but the last one handed out has all its tickets in running or finished programs."""
+    if SPLIT == 1:
+        return tl.program_id(0), 0
+    ticket = tl.atomic_add(sync_ptr, 1)
+    return ticket // SPLIT, ticket % SPLIT
+
+
+@triton.jit
+def _put(ptr, value, mask, ATOMIC: tl.constexpr):
+    """Store, or add (split programs each hold a part of a sum over the hidden columns)."""
+    if ATOMIC:
+        tl.atomic_add(ptr, value, mask=mask)
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def _store_chunk_grads(
     dq_ptr, dk_ptr, dv_ptr, d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr,
     seq, gate, bh, c, chunk, n_chunks, offs_n, offs_d, valid, pair_mask,
-    d_q, d_k, d_v, d_retain, d_carry, d_mix, d_pi, d_gamma, d_dn, d_cn, d_an, D: tl.constexpr,
+    d_q, d_k, d_v, d_retain, d_carry, d_mix, d_pi, d_gamma, d_dn, d_cn, d_an, D: tl.constexpr, ATOMIC: tl.constexpr,
 ):  # fmt: skip
-    """A chunk's input and mixing-coefficient gradients. D_n, c_n and γ are the last rows of D, c and Γ: their
-    gradients (d_dn, d_cn, d_gamma) add to those rows."""
+    """A chunk's input and mixing-coefficient gradients (added to zeroed buffers when ``ATOMIC``: each split
+    program holds its hidden columns' part). D_n, c_n and γ are the last rows of D, c and Γ: their gradients
+    (d_dn, d_cn, d_gamma) add to those rows."""
     last = offs_n == chunk - 1
     d_retain += tl.where(last, d_dn, 0.0)
     d_carry += tl.where(last, d_cn, 0.0)
     d_mix += tl.where(last[:, None], d_gamma[None, :], 0.0)
     rows = seq + offs_n[:, None] * D + offs_d[None, :]
-    tl.store(dq_ptr + rows, d_q, mask=valid[:, None])
-    tl.store(dk_ptr + rows, d_k, mask=valid[:, None])
-    tl.store(dv_ptr + rows, d_v, mask=valid[:, None])
-    tl.store(d_retain_ptr + gate + offs_n, d_retain, mask=valid)
-    tl.store(d_carry_ptr + gate + offs_n, d_carry, mask=valid)
-    tl.store(d_pi_ptr + gate + offs_n, d_pi, mask=valid)
-    tl.store(d_a_last_ptr + bh * n_chunks + c, d_an)
-    tl.store(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, mask=pair_mask)
+    _put(dq_ptr + rows, d_q, valid[:, None], ATOMIC)
+    _put(dk_ptr + rows, d_k, valid[:, None], ATOMIC)
+    _put(dv_ptr + rows, d_v, valid[:, None], ATOMIC)
+    _put(d_retain_ptr + gate + offs_n, d_retain, valid, ATOMIC)
+    _put(d_carry_ptr + gate + offs_n, d_carry, valid, ATOMIC)
+    _put(d_pi_ptr + gate + offs_n, d_pi, valid, ATOMIC)
+    _put(d_a_last_ptr + bh * n_chunks + c, d_an, None, ATOMIC)
+    _put(d_mix_ptr + gate * chunk + offs_n[:, None] * chunk + offs_n[None, :], d_mix, pair_mask, ATOMIC)
 
 
 @triton.jit
@@ -143,13 +197,18 @@ def memory_forward_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr,  # working state (BH, D, E), (BH, E, D): in = entering state, out = final
     ckpt_ptr,  # (BH, n_ckpt, 4·D·E): [W1, S1, W2, S2] at the start of chunks c_begin, c_begin + ckpt_every, …
     m1_ptr, m2_ptr,  # the anchor M_0 (H, D, E), (H, E, D) that the forget gate decays towards (if ANCHOR)
+    sync_ptr, xch_ptr,  # split programs (SPLIT > 1): int32 [ticket, arrivals per group], zeroed; (BH, 2, SPLIT, n·D)
     T, chunk, n_chunks, c_begin, c_end, ckpt_every, n_ckpt, heads,
     D: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
-    WRITE_Y: tl.constexpr, PREC: tl.constexpr, ANCHOR: tl.constexpr,
+    WRITE_Y: tl.constexpr, PREC: tl.constexpr, ANCHOR: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
+    bh, part = _group(sync_ptr, SPLIT)
+    E_PART: tl.constexpr = E // SPLIT
+    e_lo = part * E_PART  # this program's hidden columns: e_lo … e_lo + E_PART − 1
     offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
     offs_e = tl.arange(0, BLOCK_E)
+    tile = offs_n[:, None] * D + offs_d[None, :]
+    exchanges = 1 + WRITE_Y  # per chunk
     m1_ptr += (bh % heads) * D * E
     m2_ptr += (bh % heads) * E * D
     w1_ptr += bh * D * E
@@ -167,8 +226,10 @@ def memory_forward_kernel(
         is_ckpt = ((c - c_begin) % ckpt_every) == 0
         ckpt = ckpt_ptr + (bh * n_ckpt + (c - c_begin) // ckpt_every) * state_size
 
-        delta2 = _key_path(k, v, w1_ptr, w2_ptr, offs_d, offs_e, D, E, BLOCK_E, PREC)[3]
-        delta2 = tl.where(tile_mask, delta2, 0.0)
+        z = _key_path_partial(k, w1_ptr, w2_ptr, offs_d, offs_e, e_lo, D, E, E_PART, BLOCK_E, PREC)
+        arrival = (c - c_begin) * exchanges
+        z = _exchange(z, tile, sync_ptr, xch_ptr, bh, part, arrival, SPLIT, BLOCK_N * D)
+        delta2 = tl.where(tile_mask, _key_path_finish(z, k, v, D)[3], 0.0)
         if WRITE_Y:
             q = _load_tile(q_ptr + seq, offs_n, offs_d, D, tile_mask)
             mix = _load_tile(mix_ptr + gate * chunk, offs_n, offs_n, chunk, pair_mask)
@@ -179,7 +240,7 @@ def memory_forward_kernel(
             aq_at = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
         gamma_d2 = gamma[:, None] * delta2
         pi_d2 = pi[:, None] * delta2
-        for e0 in range(0, E, BLOCK_E):
+        for e0 in range(e_lo, e_lo + E_PART, BLOCK_E):
             if ANCHOR:
                 m1 = tl.load(m1_ptr + e0 + offs_d[:, None] * E + offs_e[None, :])
                 m2 = tl.load(m2_ptr + e0 * D + offs_e[:, None] * D + offs_d[None, :])
@@ -227,8 +288,9 @@ def memory_forward_kernel(
             zq = retain[:, None] * q_w2 + carry[:, None] * q_s2 - tl.dot(aq_at * mix, delta2, input_precision=PREC)
             if ANCHOR:
                 zq += (1.0 - retain)[:, None] * q_m2
+            zq = _exchange(zq, tile, sync_ptr, xch_ptr, bh, part, arrival + 1, SPLIT, BLOCK_N * D)
             normed_q, _ = _ln(zq, D)
-            tl.store(y_ptr + seq + offs_n[:, None] * D + offs_d[None, :], q + normed_q, mask=tile_mask)
+            tl.store(y_ptr + seq + tile, q + normed_q, mask=tile_mask & (part == 0))
         tl.debug_barrier()  # the next chunk reads the state this one wrote
 
 
@@ -242,12 +304,20 @@ def memory_backward_kernel(
     x_ptr,  # scratch (BH, BLOCK_N, E): the part of ∂/∂H known before dZ
     m1_ptr, m2_ptr,  # the anchor M_0 (H, D, E), (H, E, D), as in the forward kernel (if ANCHOR)
     dm1_ptr, dm2_ptr,  # its gradient per program (BH, D, E), (BH, E, D), accumulated over the chunks
+    sync_ptr, xch_ptr,  # as in the forward kernel; with SPLIT > 1 the input and gate gradients must be zeroed
     T, chunk, n_chunks, c_begin, c_end, n_states, heads,
     D: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr,
-    ANCHOR: tl.constexpr,
+    ANCHOR: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
+    """Split programs (SPLIT > 1) each walk their E / SPLIT hidden columns and exchange the three sums over the
+    hidden width that pass through a LayerNorm (Z, Zq and ∂/∂Δ2); every other gradient is a sum of their parts
+    (added atomically), except the terms outside the hidden sums (∂/∂Q ∋ dY, ∂/∂K ∋ ∂/∂Err), which part 0 adds."""
+    bh, part = _group(sync_ptr, SPLIT)
+    E_PART: tl.constexpr = E // SPLIT
+    e_lo = part * E_PART
+    lead = tl.where(part == 0, 1.0, 0.0)
     offs_n, offs_d, valid, tile_mask, pair_mask = _chunk_offsets(chunk, BLOCK_N, D)
+    tile = offs_n[:, None] * D + offs_d[None, :]
     offs_e = tl.arange(0, BLOCK_E)
     m1_ptr += (bh % heads) * D * E
     m2_ptr += (bh % heads) * E * D
@@ -277,7 +347,9 @@ def memory_backward_kernel(
         )
 
         # Recompute the chunk's forward (pass A: key path; pass B: query path).
-        normed, inv_std, err, delta2 = _key_path(k, v, w1_ptr, w2_ptr, offs_d, offs_e, D, E, BLOCK_E, PREC)
+        z = _key_path_partial(k, w1_ptr, w2_ptr, offs_d, offs_e, e_lo, D, E, E_PART, BLOCK_E, PREC)
+        z = _exchange(z, tile, sync_ptr, xch_ptr, bh, part, 3 * step, SPLIT, BLOCK_N * D)
+        normed, inv_std, err, delta2 = _key_path_finish(z, k, v, D)
         delta2 = tl.where(tile_mask, delta2, 0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
         scores1 = qk * mix
@@ -285,7 +357,7 @@ def memory_backward_kernel(
         q_s2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         q_m2 = tl.zeros((BLOCK_N, D), dtype=tl.float32)
         aq_at = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
-        for e0 in range(0, E, BLOCK_E):
+        for e0 in range(e_lo, e_lo + E_PART, BLOCK_E):
             w1 = tl.load(w1_ptr + e0 + de_tile)
             s1 = tl.load(s1_ptr + e0 + de_tile)
             w2 = tl.load(w2_ptr + e0 * D + ed_tile)
@@ -309,11 +381,12 @@ def memory_backward_kernel(
         zq = retain[:, None] * q_w2 + carry[:, None] * q_s2 - tl.dot(aq_at * mix, delta2, input_precision=PREC)
         if ANCHOR:
             zq += (1.0 - retain)[:, None] * q_m2
+        zq = _exchange(zq, tile, sync_ptr, xch_ptr, bh, part, 3 * step + 1, SPLIT, BLOCK_N * D)
         normed_q, inv_std_q = _ln(zq, D)
 
         # Output: Y = Q + LN(Zq).
         d_zq = tl.where(tile_mask, _ln_back(normed_q, inv_std_q, dy, D), 0.0)
-        d_q = dy
+        d_q = lead * dy
         d_retain = tl.sum(d_zq * (q_w2 - q_m2), axis=1)  # q_m2 = 0 without an anchor
         d_carry = tl.sum(d_zq * q_s2, axis=1)
         dzq_d2 = tl.dot(d_zq, tl.trans(delta2), input_precision=PREC)  # dZq Δ2ᵀ
@@ -334,7 +407,7 @@ def memory_backward_kernel(
         gamma_d2 = gamma[:, None] * delta2
         pi_d2 = pi[:, None] * delta2
         # Pass C: per block of E, everything that does not need dZ.
-        for e0 in range(0, E, BLOCK_E):
+        for e0 in range(e_lo, e_lo + E_PART, BLOCK_E):
             w1 = tl.load(w1_ptr + e0 + de_tile)
             s1 = tl.load(s1_ptr + e0 + de_tile)
             w2 = tl.load(w2_ptr + e0 * D + ed_tile)
@@ -433,9 +506,10 @@ def memory_backward_kernel(
         d_mix += -dhq_d1 * qk
         d_q += tl.dot(m1, k, input_precision=PREC)
         d_k += tl.dot(tl.trans(m1), q, input_precision=PREC)
+        d_delta2 = _exchange(d_delta2, tile, sync_ptr, xch_ptr, bh, part, 3 * step + 2, SPLIT, BLOCK_N * D)
         # Δ2 = J(Z) Err, Err = K + N − V.
         d_err = _ln_back(normed, inv_std, d_delta2, D)
-        d_k += d_err
+        d_k += lead * d_err
         gn = tl.sum(err * normed, axis=1)
         un = tl.sum(d_delta2 * normed, axis=1)
         a_coef = tl.sum(d_delta2 * err, axis=1) - tl.sum(d_delta2, axis=1) * tl.sum(err, axis=1) / D
@@ -450,7 +524,7 @@ def memory_backward_kernel(
         d_z = tl.where(tile_mask, d_z, 0.0)
         tl.debug_barrier()  # pass D reads the x scratch and state gradients written above
         # Pass D: Z = σ(K W1) W2.
-        for e0 in range(0, E, BLOCK_E):
+        for e0 in range(e_lo, e_lo + E_PART, BLOCK_E):
             w1 = tl.load(w1_ptr + e0 + de_tile)
             w2 = tl.load(w2_ptr + e0 * D + ed_tile)
             hidden = tl.dot(k, w1, input_precision=PREC)
@@ -468,8 +542,8 @@ def memory_backward_kernel(
             )
         _store_chunk_grads(
             dq_ptr, dk_ptr, dv_ptr, d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr, seq, gate, bh, c,
-            chunk, n_chunks, offs_n, offs_d, valid, pair_mask, d_q, d_k, -d_err, d_retain, d_carry, d_mix, d_pi,
-            d_gamma, d_dn, d_cn, d_an, D,
+            chunk, n_chunks, offs_n, offs_d, valid, pair_mask, d_q, d_k, -lead * d_err, d_retain, d_carry, d_mix,
+            d_pi, d_gamma, d_dn, d_cn, d_an, D, SPLIT > 1,
         )  # fmt: skip
         tl.debug_barrier()  # the next (earlier) chunk reads the state gradients written here
 
@@ -617,7 +691,7 @@ def linear_memory_backward_kernel(
         _store_chunk_grads(
             dq_ptr, dk_ptr, dv_ptr, d_retain_ptr, d_carry_ptr, d_mix_ptr, d_pi_ptr, d_a_last_ptr, seq, gate, bh, c,
             chunk, n_chunks, offs_n, offs_d, valid, pair_mask, d_q, d_k, -d_delta, d_retain, d_carry, d_mix, d_pi,
-            d_gamma, d_dn, d_cn, d_an, D,
+            d_gamma, d_dn, d_cn, d_an, D, False,
         )  # fmt: skip
     tl.store(dw_ptr + bh * D * D + square, dw)
     tl.store(ds_ptr + bh * D * D + square, ds)
