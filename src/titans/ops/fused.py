@@ -187,6 +187,8 @@ def _kernel(
         linear = kernels.linear_memory_backward_kernel if backward else kernels.linear_memory_forward_kernel
         return linear, {key: value for key, value in launch.items() if key not in ("E", "BLOCK_E")}
     launch["SPLIT"] = split_programs(hidden, launch["BLOCK_E"], q.device)
+    if backward and launch["BLOCK_N"] > 32 and precision != "ieee":
+        launch["SPLIT"] = 1  # split, the tf32 backward of 64-row chunks needs 237,568 bytes of shared memory
     return (kernels.memory_backward_kernel if backward else kernels.memory_forward_kernel), launch
 
 
@@ -259,8 +261,9 @@ def _triton_backward(
         else:  # the state at the start of every chunk of the stretch, recomputed from its checkpoint
             start = ckpt[:, group]
             work = [start[:, i * size : (i + 1) * size].clone() for i in CHECKPOINT_ORDER[depth]]
-            forward[(bh * split,)](
-                q, k, v, q, *mix, *work, stretch, *anchors, *_split_args(q, depth, bh, split, recompute),
+            forward[(bh * recompute.get("SPLIT", 1),)](
+                q, k, v, q, *mix, *work, stretch, *anchors,
+                *_split_args(q, depth, bh, recompute.get("SPLIT", 1), recompute),
                 length, n, n_chunks, first, last, 1, every, heads,
                 WRITE_Y=False, **recompute, **flag,
             )  # fmt: skip

@@ -128,21 +128,20 @@ def _exchange(tile, offs, sync_ptr, xch_ptr, bh, part, arrival, SPLIT: tl.conste
     a program can only refill a set after every program of the group has passed the next exchange, so after
     it has read this one), counts itself in the group's arrival counter, waits until the whole group has
     arrived for the ``arrival``-th time in this launch, and sums the slots in a fixed order."""
-    if SPLIT == 1:
-        return tile
-    base = xch_ptr + (bh * 2 + arrival % 2) * SPLIT * SLOT
-    tl.store(base + part * SLOT + offs, tile)
-    tl.debug_barrier()  # every thread's store before the release below
-    counter = sync_ptr + 1 + bh
-    tl.atomic_add(counter, 1, sem="release")
-    seen = tl.atomic_add(counter, 0, sem="acquire")
-    while seen < (arrival + 1) * SPLIT:
+    if SPLIT > 1:
+        base = xch_ptr + (bh * 2 + arrival % 2) * SPLIT * SLOT
+        tl.store(base + part * SLOT + offs, tile)
+        tl.debug_barrier()  # every thread's store before the release below
+        counter = sync_ptr + 1 + bh
+        tl.atomic_add(counter, 1, sem="release")
         seen = tl.atomic_add(counter, 0, sem="acquire")
-    tl.debug_barrier()
-    total = tl.load(base + offs, cache_modifier=".cg")  # from L2: the other programs wrote it
-    for member in tl.static_range(1, SPLIT):
-        total += tl.load(base + member * SLOT + offs, cache_modifier=".cg")
-    return total
+        while seen < (arrival + 1) * SPLIT:
+            seen = tl.atomic_add(counter, 0, sem="acquire")
+        tl.debug_barrier()
+        tile = tl.load(base + offs, cache_modifier=".cg")  # from L2: the other programs wrote it
+        for member in tl.static_range(1, SPLIT):
+            tile += tl.load(base + member * SLOT + offs, cache_modifier=".cg")
+    return tile
 
 
 @triton.jit
@@ -151,10 +150,14 @@ def _group(sync_ptr, SPLIT: tl.constexpr):
     one (batch, head), each owning E / SPLIT hidden columns. Split programs take their place from a ticket
     counter in the order they start, so a group's first members never wait for members that cannot start:
     every group but the last one handed out has all its tickets in running or finished programs."""
-    if SPLIT == 1:
-        return tl.program_id(0), 0
-    ticket = tl.atomic_add(sync_ptr, 1)
-    return ticket // SPLIT, ticket % SPLIT
+    if SPLIT > 1:
+        ticket = tl.atomic_add(sync_ptr, 1)
+        bh = ticket // SPLIT
+        part = ticket % SPLIT
+    else:
+        bh = tl.program_id(0)
+        part = 0
+    return bh, part
 
 
 @triton.jit
@@ -290,7 +293,8 @@ def memory_forward_kernel(
                 zq += (1.0 - retain)[:, None] * q_m2
             zq = _exchange(zq, tile, sync_ptr, xch_ptr, bh, part, arrival + 1, SPLIT, BLOCK_N * D)
             normed_q, _ = _ln(zq, D)
-            tl.store(y_ptr + seq + tile, q + normed_q, mask=tile_mask & (part == 0))
+            if part == 0:  # every part holds the whole Zq
+                tl.store(y_ptr + seq + tile, q + normed_q, mask=tile_mask)
         tl.debug_barrier()  # the next chunk reads the state this one wrote
 
 
