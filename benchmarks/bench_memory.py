@@ -14,6 +14,7 @@ import argparse
 import functools
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -117,18 +118,23 @@ def sdpa(dim: int, heads: int, batch: int, length: int):
 
 
 def fla_ttt_linear(dim: int, heads: int, chunk: int, batch: int, length: int):
+    """flash-linear-attention's TTT-linear (a linear memory, no momentum): (B, T, H, d) inputs, as in fla 0.6;
+    older releases took ``head_first``."""
+    import inspect
+
     from fla.ops.ttt import chunk_ttt_linear  # type: ignore[import-not-found]
 
     d = dim // heads
     q, k, v = (
-        torch.randn(batch, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+        torch.randn(batch, length, heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
     )
     w = torch.ones(heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     b = torch.zeros(heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    eta = torch.full((batch, heads, length, 1), 0.1, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    eta = torch.full((batch, length, heads, 1), 0.1, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    layout = {"head_first": False} if "head_first" in inspect.signature(chunk_ttt_linear).parameters else {}
 
     def step():
-        o, _ = chunk_ttt_linear(q, k, v, w, b, eta=eta, chunk_size=chunk, head_first=True)
+        o, _ = chunk_ttt_linear(q, k, v, w, b, eta=eta, chunk_size=chunk, **layout)
         o.float().sum().backward()
 
     return step
@@ -151,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-chunks", type=int, default=0, help="keep the state every G chunks for backward")
     p.add_argument("--graph", action="store_true", help="also time CUDA-graph replays of forward + backward")
     p.add_argument("--anchors", action="store_true", help="time the external anchors when installed")
+    p.add_argument(
+        "--splits", nargs="+", default=["auto"], help="fused kernels: programs per (batch, head), or auto (the default)"
+    )
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--json", default="", help="write the rows to this file")
     args = p.parse_args(argv)
@@ -167,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             for impl in args.impls:
                 variants = [(False, False)] + [(True, False)] * args.compile + [(False, True)] * args.graph
                 variants += [(True, True)] * (args.compile and args.graph)
-                for (compiled, graph), target in itertools.product(variants, args.decay_targets):
-                    tag = "+compile" * compiled + "+graph" * graph
+                splits = args.splits if impl in ("fused", "auto") else ["auto"]
+                for (compiled, graph), target, split in itertools.product(variants, args.decay_targets, splits):
+                    os.environ["TITANS_FUSED_SPLIT"] = "" if split == "auto" else split
+                    tag = "+compile" * compiled + "+graph" * graph + f" split {split}" * (impl != "chunked")
                     name = f"titans {impl}{tag} depth {args.depth} chunk {chunk} to {target}, {shape}"
                     build = functools.partial(
                         ours, impl, args.dim, args.heads, chunk, batch, length, compiled, graph, args.checkpoint_chunks,

@@ -172,13 +172,14 @@ def test_anchor_changes_the_function():
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize(("length", "chunk", "offset", "every"), [(120, 16, 0, 3), (160, 64, 5, 1)])
-def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision):
+def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision, monkeypatch):
     """The benchmark's head size (64, hidden 256), compiled, in fp32 and in tf32 products.
 
     Short sequences on purpose: with random gates the recurrence is chaotic — the fp32 chunked path itself
     drifts from float64 by O(1) after ~500 tokens — so only short stretches can be compared to float64.
     """
     tol = 2e-5 if precision == "ieee" else 1e-2
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", "1")  # one program per (batch, head); split ones: below
     for anchored in (False, True):
         _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
 
@@ -220,15 +221,28 @@ def test_split_programs_are_refused_where_they_cannot_run(monkeypatch):
 
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "2")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        split_programs(64, 16, torch.device("cpu"))
+        split_programs(1, 64, 16, torch.device("cpu"))
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "3")
     with pytest.raises(ValueError, match="power-of-two"):
-        split_programs(96, 16, torch.device("cuda"))
+        split_programs(1, 96, 16, torch.device("cuda"))
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "8")
     with pytest.raises(ValueError, match="whole 32-column blocks"):
-        split_programs(128, 32, torch.device("cuda"))
+        split_programs(1, 128, 32, torch.device("cuda"))
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", "2")
+    assert split_programs(1, 128, 32, torch.device("cuda")) == 2
     monkeypatch.delenv("TITANS_FUSED_SPLIT")
-    assert split_programs(128, 32, torch.device("cuda")) == 1
+    assert split_programs(1, 128, 32, torch.device("cpu")) == 1
+
+
+def test_auto_split_keeps_every_program_resident():
+    """Split while (batch, head) × split programs all fit at once, into whole blocks of hidden columns."""
+    from titans.ops.fused import auto_split
+
+    assert auto_split(128, 256, 32, resident=264) == 2  # the issue-6 shape on an H100: 256 programs
+    assert auto_split(48, 256, 32, resident=264) == 4
+    assert auto_split(16, 256, 32, resident=264) == 8  # one sequence: 8 parts of 32 columns, no more
+    assert auto_split(16, 64, 32, resident=264) == 2
+    assert auto_split(200, 256, 32, resident=264) == 1
 
 
 def test_auto_never_runs_the_triton_interpreter_on_the_cpu():

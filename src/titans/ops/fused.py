@@ -149,13 +149,37 @@ def _triton_launch_args(q: Tensor, n: int, hidden: int, precision: Precision, ba
     }
 
 
-def split_programs(hidden: int, block_e: int, device: torch.device) -> int:
-    """How many programs share one (batch, head) of the depth-2 kernels, each owning hidden / split columns.
+SPLIT_WARPS = 4  # warps of a split program: two fit on an SM (255 registers a thread)
+SPLIT_PER_SM = 2
 
-    ``TITANS_FUSED_SPLIT`` sets it (for tuning and the GPU tests); otherwise 1. Split programs wait for each
-    other, which the interpreter (one program after another) cannot do."""
-    split = int(os.environ.get("TITANS_FUSED_SPLIT") or 1)
-    if split & (split - 1) or hidden % (split * block_e):
+
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def auto_split(programs: int, hidden: int, block_e: int, resident: int) -> int:
+    """The most programs per (batch, head) — a power of two, each owning whole blocks of hidden columns — while
+    all ``programs`` × split still run at once (``resident`` of them fit on the GPU): split programs that wait
+    for a later wave gain nothing (``benchmarks/tune_fused.py``, docs/benchmarks.md)."""
+    split = 1
+    while hidden % (2 * split * block_e) == 0 and programs * 2 * split <= resident:
+        split *= 2
+    return split
+
+
+def split_programs(programs: int, hidden: int, block_e: int, device: torch.device) -> int:
+    """How many programs share each of the ``programs`` (batch, head) of the depth-2 kernels, each owning
+    hidden / split columns: :func:`auto_split` on CUDA, 1 elsewhere, or ``TITANS_FUSED_SPLIT`` (for tuning and
+    the GPU tests). Split programs wait for each other, which the interpreter (one program after another)
+    cannot do."""
+    setting = os.environ.get("TITANS_FUSED_SPLIT")
+    if not setting:
+        if device.type != "cuda":
+            return 1
+        return auto_split(programs, hidden, block_e, SPLIT_PER_SM * _multiprocessors(device.index or 0))
+    split = int(setting)
+    if split < 1 or split & (split - 1) or hidden % (split * block_e):
         raise ValueError(
             f"TITANS_FUSED_SPLIT={split}: the hidden width {hidden} must split into a power-of-two number of "
             f"parts of whole {block_e}-column blocks"
@@ -186,9 +210,11 @@ def _kernel(
     if depth == 1:
         linear = kernels.linear_memory_backward_kernel if backward else kernels.linear_memory_forward_kernel
         return linear, {key: value for key, value in launch.items() if key not in ("E", "BLOCK_E")}
-    launch["SPLIT"] = split_programs(hidden, launch["BLOCK_E"], q.device)
+    launch["SPLIT"] = split_programs(q.shape[0] * q.shape[1], hidden, launch["BLOCK_E"], q.device)
     if backward and launch["BLOCK_N"] > 32 and precision != "ieee":
         launch["SPLIT"] = 1  # split, the tf32 backward of 64-row chunks needs 237,568 bytes of shared memory
+    if launch["SPLIT"] > 1:
+        launch["num_warps"] = _tuning("WARPS", backward, SPLIT_WARPS)
     return (kernels.memory_backward_kernel if backward else kernels.memory_forward_kernel), launch
 
 
