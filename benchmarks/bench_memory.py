@@ -134,8 +134,8 @@ def fla_ttt_linear(dim: int, heads: int, chunk: int, batch: int, length: int):
     layout = {"head_first": False} if "head_first" in inspect.signature(chunk_ttt_linear).parameters else {}
 
     def step():
-        o, _ = chunk_ttt_linear(q, k, v, w, b, eta=eta, chunk_size=chunk, **layout)
-        o.float().sum().backward()
+        out = chunk_ttt_linear(q, k, v, w, b, eta=eta, chunk_size=chunk, **layout)
+        out[0].float().sum().backward()  # (o, final state[, …]) depending on the release
 
     return step
 
@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                         build = functools.partial(factory, args.dim, args.heads, chunk, batch, length)
                         rows.append(measure(f"{label} chunk {chunk}, {shape}", build, tokens, args.repeat))
                     except ImportError:
+                        continue
+                    except Exception as error:  # an anchor's API drifted: report it, keep the other rows
+                        print(f"{label} chunk {chunk}: {type(error).__name__}: {error}", file=sys.stderr)
                         continue
                     print(rows[-1], flush=True)
         rows.append(
