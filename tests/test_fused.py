@@ -221,17 +221,18 @@ def test_split_programs_are_refused_where_they_cannot_run(monkeypatch):
 
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "2")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        split_programs(1, 64, 16, torch.device("cpu"))
+        split_programs(1, 64, 16, 16, torch.device("cpu"))
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "3")
     with pytest.raises(ValueError, match="power-of-two"):
-        split_programs(1, 96, 16, torch.device("cuda"))
+        split_programs(1, 96, 16, 16, torch.device("cuda"))
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "8")
     with pytest.raises(ValueError, match="whole 32-column blocks"):
-        split_programs(1, 128, 32, torch.device("cuda"))
+        split_programs(1, 128, 32, 16, torch.device("cuda"))
     monkeypatch.setenv("TITANS_FUSED_SPLIT", "2")
-    assert split_programs(1, 128, 32, torch.device("cuda")) == 2
+    assert split_programs(1, 128, 32, 16, torch.device("cuda")) == 2
     monkeypatch.delenv("TITANS_FUSED_SPLIT")
-    assert split_programs(1, 128, 32, torch.device("cpu")) == 1
+    assert split_programs(1, 128, 32, 16, torch.device("cpu")) == 1
+    assert split_programs(1, 128, 32, 64, torch.device("cuda")) == 1  # 64-row chunks: slower split
 
 
 def test_auto_split_keeps_every_program_resident():

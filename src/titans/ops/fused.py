@@ -168,14 +168,15 @@ def auto_split(programs: int, hidden: int, block_e: int, resident: int) -> int:
     return split
 
 
-def split_programs(programs: int, hidden: int, block_e: int, device: torch.device) -> int:
+def split_programs(programs: int, hidden: int, block_e: int, block_n: int, device: torch.device) -> int:
     """How many programs share each of the ``programs`` (batch, head) of the depth-2 kernels, each owning
-    hidden / split columns: :func:`auto_split` on CUDA, 1 elsewhere, or ``TITANS_FUSED_SPLIT`` (for tuning and
-    the GPU tests). Split programs wait for each other, which the interpreter (one program after another)
-    cannot do."""
+    hidden / split columns: :func:`auto_split` on CUDA for chunks up to 32 rows, else 1, or
+    ``TITANS_FUSED_SPLIT`` (for tuning and the GPU tests). Split programs wait for each other, which the
+    interpreter (one program after another) cannot do. At 64-row chunks splitting was slower (H100, issue-6
+    shape: 73.6 against 69.3 ms)."""
     setting = os.environ.get("TITANS_FUSED_SPLIT")
     if not setting:
-        if device.type != "cuda":
+        if device.type != "cuda" or block_n > 32:
             return 1
         return auto_split(programs, hidden, block_e, SPLIT_PER_SM * _multiprocessors(device.index or 0))
     split = int(setting)
@@ -210,7 +211,7 @@ def _kernel(
     if depth == 1:
         linear = kernels.linear_memory_backward_kernel if backward else kernels.linear_memory_forward_kernel
         return linear, {key: value for key, value in launch.items() if key not in ("E", "BLOCK_E")}
-    launch["SPLIT"] = split_programs(q.shape[0] * q.shape[1], hidden, launch["BLOCK_E"], q.device)
+    launch["SPLIT"] = split_programs(q.shape[0] * q.shape[1], hidden, launch["BLOCK_E"], launch["BLOCK_N"], q.device)
     if backward and launch["BLOCK_N"] > 32 and precision != "ieee":
         launch["SPLIT"] = 1  # split, the tf32 backward of 64-row chunks needs 237,568 bytes of shared memory
     if launch["SPLIT"] > 1:
