@@ -232,7 +232,6 @@ def test_split_programs_are_refused_where_they_cannot_run(monkeypatch):
     assert split_programs(1, 128, 32, 16, torch.device("cuda")) == 2
     monkeypatch.delenv("TITANS_FUSED_SPLIT")
     assert split_programs(1, 128, 32, 16, torch.device("cpu")) == 1
-    assert split_programs(1, 128, 32, 64, torch.device("cuda")) == 1  # 64-row chunks: slower split
 
 
 def test_auto_split_keeps_every_program_resident():
@@ -244,6 +243,14 @@ def test_auto_split_keeps_every_program_resident():
     assert auto_split(16, 256, 32, resident=264) == 8  # one sequence: 8 parts of 32 columns, no more
     assert auto_split(16, 64, 32, resident=264) == 2
     assert auto_split(200, 256, 32, resident=264) == 1
+
+
+def test_chunks_over_32_rows_split_only_one_program_per_sm():
+    from titans.ops.fused import auto_split, resident_programs
+
+    assert resident_programs(16, 132) == 264
+    assert auto_split(128, 256, 32, resident_programs(64, 132)) == 1  # the issue-6 shape: slower split
+    assert auto_split(16, 256, 32, resident_programs(64, 132)) == 8  # one long sequence: faster split
 
 
 def test_auto_never_runs_the_triton_interpreter_on_the_cpu():

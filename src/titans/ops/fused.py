@@ -158,6 +158,11 @@ def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def resident_programs(block_n: int, multiprocessors: int) -> int:
+    """How many split programs :func:`auto_split` lets run at once: two per SM, one for chunks over 32 rows."""
+    return (SPLIT_PER_SM if block_n <= 32 else 1) * multiprocessors
+
+
 def auto_split(programs: int, hidden: int, block_e: int, resident: int) -> int:
     """The most programs per (batch, head) — a power of two, each owning whole blocks of hidden columns — while
     all ``programs`` × split still run at once (``resident`` of them fit on the GPU): split programs that wait
@@ -170,15 +175,16 @@ def auto_split(programs: int, hidden: int, block_e: int, resident: int) -> int:
 
 def split_programs(programs: int, hidden: int, block_e: int, block_n: int, device: torch.device) -> int:
     """How many programs share each of the ``programs`` (batch, head) of the depth-2 kernels, each owning
-    hidden / split columns: :func:`auto_split` on CUDA for chunks up to 32 rows, else 1, or
-    ``TITANS_FUSED_SPLIT`` (for tuning and the GPU tests). Split programs wait for each other, which the
-    interpreter (one program after another) cannot do. At 64-row chunks splitting was slower (H100, issue-6
-    shape: 73.6 against 69.3 ms)."""
+    hidden / split columns: :func:`auto_split` on CUDA, 1 elsewhere, or ``TITANS_FUSED_SPLIT`` (for tuning and
+    the GPU tests). Split programs wait for each other, which the interpreter (one program after another)
+    cannot do. Chunks over 32 rows split only while one program per SM suffices: on an H100 a split made the
+    issue-6 shape slower (256 programs: 73.6 against 69.3 ms) and one 131,072-token sequence faster (128
+    programs: 1699 against 1999 ms)."""
     setting = os.environ.get("TITANS_FUSED_SPLIT")
     if not setting:
-        if device.type != "cuda" or block_n > 32:
+        if device.type != "cuda":
             return 1
-        return auto_split(programs, hidden, block_e, SPLIT_PER_SM * _multiprocessors(device.index or 0))
+        return auto_split(programs, hidden, block_e, resident_programs(block_n, _multiprocessors(device.index or 0)))
     split = int(setting)
     if split < 1 or split & (split - 1) or hidden % (split * block_e):
         raise ValueError(
