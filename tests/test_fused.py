@@ -170,32 +170,22 @@ def test_anchor_changes_the_function():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize(
+    ("depth", "split"), [(1, 1), (2, 1), (2, 2), (2, 8)], ids=["depth1", "depth2", "depth2-split2", "depth2-split8"]
+)
 @pytest.mark.parametrize(("length", "chunk", "offset", "every"), [(120, 16, 0, 3), (160, 64, 5, 1)])
-def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, precision, monkeypatch):
-    """The benchmark's head size (64, hidden 256), compiled, in fp32 and in tf32 products.
+def test_triton_kernels_on_gpu(length, chunk, offset, every, depth, split, precision, monkeypatch):
+    """The benchmark's head size (64, hidden 256), compiled, in fp32 and in tf32 products; depth 2 also with
+    ``split`` programs per (batch, head), each owning hidden / split columns and exchanging the sums that pass
+    through a LayerNorm.
 
     Short sequences on purpose: with random gates the recurrence is chaotic — the fp32 chunked path itself
     drifts from float64 by O(1) after ~500 tokens — so only short stretches can be compared to float64.
     """
     tol = 2e-5 if precision == "ieee" else 1e-2
-    monkeypatch.setenv("TITANS_FUSED_SPLIT", "1")  # one program per (batch, head); split ones: below
+    monkeypatch.setenv("TITANS_FUSED_SPLIT", str(split))
     for anchored in (False, True):
         _compare_triton(depth, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("precision", ["ieee", "tf32"])
-@pytest.mark.parametrize("split", [2, 8])
-@pytest.mark.parametrize(("length", "chunk", "offset", "every"), [(120, 16, 0, 3), (160, 64, 5, 1)])
-def test_split_programs_on_gpu(length, chunk, offset, every, split, precision, monkeypatch):
-    """Depth 2 with ``split`` programs per (batch, head), each owning hidden / split columns and exchanging the
-    sums that pass through a LayerNorm: the same outputs, final state and gradients as above."""
-    monkeypatch.setenv("TITANS_FUSED_SPLIT", str(split))
-    tol = 2e-5 if precision == "ieee" else 1e-2
-    for anchored in (False, True):
-        _compare_triton(2, length, chunk, offset, True, True, every, precision, tol, "cuda", 2, 64, anchored)
 
 
 @pytest.mark.gpu
