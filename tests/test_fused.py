@@ -235,6 +235,15 @@ def test_auto_split_keeps_every_program_resident():
     assert auto_split(200, 256, 32, resident=264) == 1
 
 
+def test_more_programs_than_sms_take_four_warps_so_two_share_an_sm():
+    from titans.ops.fused import program_warps
+
+    assert program_warps(192, 16, 1, 132, default=8) == 4  # configs/small.yaml: one wave, not two
+    assert program_warps(128, 16, 1, 132, default=8) == 8  # the issue-6 shape unsplit: one per SM
+    assert program_warps(128, 16, 2, 132, default=8) == 4  # split programs: always two per SM
+    assert program_warps(192, 64, 1, 132, default=8) == 8  # 64-row chunks: not measured, unchanged
+
+
 def test_chunks_over_32_rows_split_only_one_program_per_sm():
     from titans.ops.fused import auto_split, resident_programs
 

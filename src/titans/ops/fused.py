@@ -163,6 +163,15 @@ def resident_programs(block_n: int, multiprocessors: int) -> int:
     return (SPLIT_PER_SM if block_n <= 32 else 1) * multiprocessors
 
 
+def program_warps(programs: int, block_n: int, split: int, multiprocessors: int, default: int) -> int:
+    """Warps of a depth-2 program: 4 when split, or when more programs than SMs run chunks of up to 32 rows, so
+    that two share an SM instead of running in two waves (H100, ``configs/small.yaml``'s 192 (batch, head):
+    56.3 ms with 4 warps against 80.7 with 8, docs/benchmarks.md); ``default`` otherwise."""
+    if split > 1 or (block_n <= 32 and programs > multiprocessors):
+        return SPLIT_WARPS
+    return default
+
+
 def auto_split(programs: int, hidden: int, block_e: int, resident: int) -> int:
     """The most programs per (batch, head) — a power of two, each owning whole blocks of hidden columns — while
     all ``programs`` × split still run at once (``resident`` of them fit on the GPU): split programs that wait
@@ -220,8 +229,11 @@ def _kernel(
     launch["SPLIT"] = split_programs(q.shape[0] * q.shape[1], hidden, launch["BLOCK_E"], launch["BLOCK_N"], q.device)
     if backward and launch["BLOCK_N"] > 32 and precision != "ieee":
         launch["SPLIT"] = 1  # split, the tf32 backward of 64-row chunks needs 237,568 bytes of shared memory
-    if launch["SPLIT"] > 1:
-        launch["num_warps"] = _tuning("WARPS", backward, SPLIT_WARPS)
+    if q.is_cuda:
+        programs = q.shape[0] * q.shape[1] * launch["SPLIT"]
+        sms = _multiprocessors(q.device.index or 0)
+        warps = program_warps(programs, launch["BLOCK_N"], launch["SPLIT"], sms, launch["num_warps"])
+        launch["num_warps"] = _tuning("WARPS", backward, warps)
     return (kernels.memory_backward_kernel if backward else kernels.memory_forward_kernel), launch
 
 
