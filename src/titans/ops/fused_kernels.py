@@ -1,8 +1,9 @@
 """Triton kernels of the memory recurrence, depth-2 memory (x + LN(σ(x W1) W2)), whole chunks.
 
-One program per (batch, head) walks its chunks in order; the fp32 weights and momentum live in a scratch
-copy of the state (L2-resident at the benchmark shape) and the hidden dimension E is streamed in blocks of
-``BLOCK_E``. Every line mirrors :mod:`titans.ops.chunk_vjp` (same names: Δ1 = ``delta1`` …), which is
+One program per (batch, head) walks its chunks in order — or ``SPLIT`` programs, each owning E / SPLIT hidden
+columns and exchanging the sums over E that feed a LayerNorm (:func:`_exchange`); the fp32 weights and
+momentum live in a scratch copy of the state (L2-resident at the benchmark shape) and the hidden dimension E is
+streamed in blocks of ``BLOCK_E``. Every line mirrors :mod:`titans.ops.chunk_vjp` (same names: Δ1 = ``delta1`` …), which is
 tested against ``torch.autograd``; these kernels are tested against it in turn (``tests/test_fused.py``).
 
 * :func:`memory_forward_kernel`: chunks c_begin … c_end − 1 in order: outputs (optional) and the state,
