@@ -3,8 +3,9 @@
 One program per (batch, head) walks its chunks in order — or ``SPLIT`` programs, each owning E / SPLIT hidden
 columns and exchanging the sums over E that feed a LayerNorm (:func:`_exchange`); the fp32 weights and
 momentum live in a scratch copy of the state (L2-resident at the benchmark shape) and the hidden dimension E is
-streamed in blocks of ``BLOCK_E``. Every line mirrors :mod:`titans.ops.chunk_vjp` (same names: Δ1 = ``delta1`` …), which is
-tested against ``torch.autograd``; these kernels are tested against it in turn (``tests/test_fused.py``).
+streamed in blocks of ``BLOCK_E``. Every line mirrors :mod:`titans.ops.chunk_vjp` (same names: Δ1 = ``delta1``
+…), which is tested against ``torch.autograd``; these kernels are tested against it in turn
+(``tests/test_fused.py``).
 
 * :func:`memory_forward_kernel`: chunks c_begin … c_end − 1 in order: outputs (optional) and the state,
   writing the state at the start of every ``ckpt_every``-th chunk to a checkpoint buffer.
